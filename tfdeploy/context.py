@@ -1,0 +1,58 @@
+"""What a stage gets besides its model: strategy, data at the global batch, directories."""
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Context:
+    recipe: object
+    strategy: object
+    strategy_info: dict
+    plugin: object          # the model plugin (encoding, serving inputs, rebuild)
+    task: object            # raw Task (label names, sizes)
+    train: object           # EncodedSplit
+    validation: object      # EncodedSplit
+    run_dir: str
+    stage_dir: str = ""
+    is_chief: bool = True
+    stage_started: float = 0.0
+
+    @property
+    def seed(self):
+        return self.recipe.seed
+
+    @property
+    def replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+    def global_batch(self, per_replica):
+        return per_replica * self.replicas
+
+    def steps_per_epoch(self, per_replica):
+        return max(1, len(self.train) // self.global_batch(per_replica))
+
+    def train_dataset(self, per_replica, shuffle=True):
+        return self.train.train_dataset(self.global_batch(per_replica), self.seed, shuffle)
+
+    def validation_dataset(self):
+        return self.validation.eval_dataset(self.recipe.evaluate.batch_size, True)[0]
+
+    def path(self, *parts):
+        """A path in this stage's directory (workers other than the chief get a temp dir)."""
+        return os.path.join(self.stage_dir, *parts)
+
+    def predict(self, model, split=None):
+        """Logits for every example of ``split`` (validation by default), in dataset order."""
+        split = split or self.validation
+        ds, order = split.eval_dataset(self.recipe.evaluate.batch_size)
+        logits = model.predict(ds, verbose=0)
+        out = np.empty_like(logits)
+        out[order] = logits
+        return out
+
+
+def epochs_to_steps(epochs, examples, global_batch):
+    return max(1, math.ceil(epochs * examples / global_batch))

@@ -1,0 +1,84 @@
+"""Data plugins: each loads raw train/validation examples and their labels.
+
+To add a data source, add a module here with a class decorated ``@DATA.register("name")``
+that subclasses :class:`DataPlugin` and has a ``Config`` dataclass. Encoding for the model
+and batching live in :mod:`tfdeploy.data.pipeline`, shared by all sources.
+"""
+import dataclasses
+from typing import List
+
+import numpy as np
+
+from tfdeploy.recipe.fields import DataConfig, Registry, field, import_submodules
+
+DATA = Registry("data")
+DataConfig.registry = DATA
+
+
+@dataclasses.dataclass
+class Split:
+    """Raw examples (texts, or arrays) and integer labels of one split."""
+
+    examples: list
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, n):
+        return Split(self.examples[:n], self.labels[:n]) if n and n < len(self) else self
+
+
+@dataclasses.dataclass
+class Task:
+    train: Split
+    validation: Split
+    label_names: List[str]
+
+    @property
+    def num_labels(self):
+        return len(self.label_names)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TextDataConfig(DataConfig):
+    """Fields shared by text sources."""
+
+    max_length: int = field(128, ge=3, le=512, doc="Tokens per example, [CLS]/[SEP] "
+                                                   "included; longer texts are truncated.",
+                            unit="tokens")
+    max_train_examples: int = field(0, ge=0, doc="Use only the first N training rows "
+                                                 "(after a seeded shuffle); 0 = all.")
+    max_validation_examples: int = field(0, ge=0, doc="Use only the first N validation "
+                                                      "rows; 0 = all.")
+    buckets: List[int] = field(factory=lambda: [16, 32, 64, 128],
+                               doc="Padded lengths to bucket batches by (values above "
+                                   "max_length are dropped, max_length is added).",
+                               unit="tokens")
+
+
+class DataPlugin:
+    Config = DataConfig
+
+    def __init__(self, config, seed=0):
+        self.config, self.seed = config, seed
+
+    def load(self) -> Task:
+        raise NotImplementedError
+
+    def limit(self, task):
+        """Apply max_*_examples; the training subset is a seeded random sample."""
+        cfg = self.config
+        train = task.train
+        if cfg.max_train_examples and cfg.max_train_examples < len(train):
+            order = np.random.default_rng(self.seed).permutation(len(train))
+            order = order[:cfg.max_train_examples]
+            train = Split([train.examples[i] for i in order], train.labels[order])
+        return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names)
+
+
+def create(config, seed=0):
+    return DATA.get(config.type)(config, seed)
+
+
+import_submodules(__name__, __path__)

@@ -1,0 +1,43 @@
+"""Task metrics and parity between a model and its exported artifacts."""
+import time
+
+import numpy as np
+
+
+def accuracy(logits, labels):
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def parity(logits, reference):
+    """Prediction agreement and max abs logit difference against the Keras model."""
+    agreement = float(np.mean(np.argmax(logits, -1) == np.argmax(reference, -1)))
+    return {"agreement": agreement,
+            "max_abs_diff": float(np.max(np.abs(logits.astype(np.float64) - reference)))}
+
+
+def record(stage, artifact, runtime, logits, labels, seconds, reference=None, **extra):
+    """One metrics.json record (schema documented in README: 'metrics.json')."""
+    out = {"stage": stage, "artifact": artifact, "runtime": runtime, "split": "validation",
+           "examples": int(len(labels)), "metrics": {"accuracy": accuracy(logits, labels)},
+           "eval_seconds": round(seconds, 3)}
+    if reference is not None:
+        out.update(parity(logits, reference))
+    out.update(extra)
+    return out
+
+
+def evaluate_keras(model, context, stage):
+    start = time.perf_counter()
+    logits = context.predict(model)
+    rec = record(stage, "keras", "tf-keras", logits, context.validation.labels,
+                 time.perf_counter() - start, params=int(model.count_params()))
+    return rec, logits
+
+
+def check_float_parity(rec, tolerance=1e-4):
+    """Problems (text) if a float artifact disagrees with its Keras model."""
+    if rec.get("agreement", 1.0) < 1.0 or rec.get("max_abs_diff", 0.0) > tolerance:
+        return (f"{rec['artifact']} ({rec['runtime']}) disagrees with the Keras model of stage "
+                f"{rec['stage']!r}: agreement {rec['agreement']:.4f}, max abs diff "
+                f"{rec['max_abs_diff']:.2e} (limit {tolerance:.0e})")
+    return None

@@ -1,0 +1,53 @@
+"""SavedModel for TF Serving: ``<dir>/<name>/<version>/`` with a named ``serving_default``
+signature (logits, probabilities, label id) and the label map in ``assets/labels.txt``."""
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from tfdeploy.export import next_version
+from tfdeploy.rundir import atomic_dir
+
+
+class ServingModule(tf.Module):
+    def __init__(self, model, input_specs, labels_path):
+        super().__init__()
+        self.model = model
+        self.labels = tf.saved_model.Asset(labels_path)
+        names = list(input_specs)
+
+        @tf.function(input_signature=[input_specs[n] for n in names])
+        def serve(*args):
+            logits = tf.cast(self.model(dict(zip(names, args)), training=False), tf.float32)
+            return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+                    "label_id": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+
+        self.serve = serve
+
+
+def export(model, input_specs, label_names, root, name, version=0):
+    """Write the SavedModel; return its path. The version directory appears atomically."""
+    base = os.path.join(root, name)
+    version = version or next_version(base)
+    target = os.path.join(base, str(version))
+    with tempfile.TemporaryDirectory() as scratch:
+        labels_path = os.path.join(scratch, "labels.txt")
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(label_names) + "\n")
+        module = ServingModule(model, input_specs, labels_path)
+        with atomic_dir(target) as tmp:
+            tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    return target
+
+
+def predict(path, batches, num_examples):
+    """Logits from the exported signature for every example (batches: (idx, features))."""
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    out = None
+    for idx, features in batches:
+        logits = fn(**{k: tf.constant(v) for k, v in features.items()})["logits"].numpy()
+        if out is None:
+            out = np.zeros((num_examples, logits.shape[-1]), np.float32)
+        out[idx] = logits
+    return out

@@ -1,0 +1,350 @@
+"""BERT encoders in tf_keras, loadable from Hugging Face checkpoints without torch.
+
+Public API::
+
+    encoder, tokenizer = tfdeploy.models.bert.from_pretrained("minilm-l6")
+    hidden = encoder(tokenizer(["a sentence", "another"]))   # [batch, seq, hidden]
+
+The graph uses only real Keras layers for weights (``Embedding``, ``Dense``,
+``LayerNormalization``) and ``keras.layers.Add`` for residuals, so TFMOT can wrap every
+weight matrix; the small weightless pieces live in :mod:`tfdeploy.models.bert_layers`.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Literal, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfdeploy.errors import CheckpointError
+from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.models import checkpoints
+from tfdeploy.models.bert_layers import (AttentionMaskBias, ClsPooling, MaskedMeanPooling,
+                                         PositionEmbedding, SelfAttention)
+from tfdeploy.recipe.fields import ModelConfig, field
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_ACTIVATIONS = {"gelu": "gelu", "relu": "relu",  # "gelu" is exact (erf) GELU, as in HF
+                "gelu_new": lambda x: tf.nn.gelu(x, approximate=True),
+                "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True)}
+
+
+@dataclasses.dataclass
+class BertConfig:
+    """Mirrors Hugging Face ``BertConfig`` (the fields that shape the network)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+
+    @classmethod
+    def from_json(cls, path):
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def validate(self, where):
+        if self.hidden_size % self.num_attention_heads:
+            raise CheckpointError(f"{where}: hidden_size {self.hidden_size} is not divisible "
+                                  f"by num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise CheckpointError(f"{where}: hidden_act {self.hidden_act!r} is not supported "
+                                  f"({', '.join(_ACTIVATIONS)})")
+
+
+# -- graph -------------------------------------------------------------------------------------
+def bert_inputs():
+    return {name: keras.Input(shape=(None,), dtype=tf.int32, name=name) for name in INPUT_NAMES}
+
+
+def encoder_graph(inputs, cfg: BertConfig):
+    """Wire the encoder on ``inputs``; returns the last hidden state tensor."""
+    def dense(units, name):
+        return keras.layers.Dense(units, name=name, kernel_initializer=keras.initializers.
+                                  TruncatedNormal(stddev=0.02))
+
+    eps = cfg.layer_norm_eps
+    words = keras.layers.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                   name="embeddings_word")(inputs["input_ids"])
+    positions = PositionEmbedding(cfg.max_position_embeddings, cfg.hidden_size,
+                                  name="embeddings_position")(words)
+    types = keras.layers.Embedding(cfg.type_vocab_size, cfg.hidden_size,
+                                   name="embeddings_token_type")(inputs["token_type_ids"])
+    x = keras.layers.Add(name="embeddings_sum")([words, positions, types])
+    x = keras.layers.LayerNormalization(epsilon=eps, name="embeddings_layernorm")(x)
+    x = keras.layers.Dropout(cfg.hidden_dropout_prob, name="embeddings_dropout")(x)
+    bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])
+    for i in range(cfg.num_hidden_layers):
+        p = f"layer_{i}_"
+        q = dense(cfg.hidden_size, p + "attention_query")(x)
+        k = dense(cfg.hidden_size, p + "attention_key")(x)
+        v = dense(cfg.hidden_size, p + "attention_value")(x)
+        context = SelfAttention(cfg.num_attention_heads, cfg.attention_probs_dropout_prob,
+                                name=p + "attention")([q, k, v, bias])
+        attn = dense(cfg.hidden_size, p + "attention_output")(context)
+        attn = keras.layers.Dropout(cfg.hidden_dropout_prob, name=p + "attention_dropout")(attn)
+        x = keras.layers.Add(name=p + "attention_residual")([x, attn])
+        x = keras.layers.LayerNormalization(epsilon=eps, name=p + "attention_layernorm")(x)
+        h = dense(cfg.intermediate_size, p + "intermediate")(x)
+        h = keras.layers.Activation(_ACTIVATIONS[cfg.hidden_act], name=p + "intermediate_act")(h)
+        h = dense(cfg.hidden_size, p + "output")(h)
+        h = keras.layers.Dropout(cfg.hidden_dropout_prob, name=p + "output_dropout")(h)
+        x = keras.layers.Add(name=p + "output_residual")([x, h])
+        x = keras.layers.LayerNormalization(epsilon=eps, name=p + "output_layernorm")(x)
+    return x
+
+
+def build_encoder(cfg: BertConfig, name="bert_encoder"):
+    inputs = bert_inputs()
+    return keras.Model(inputs, encoder_graph(inputs, cfg), name=name)
+
+
+def build_classifier(cfg: BertConfig, num_labels, pooling="mean", dropout=0.1,
+                     name="bert_classifier"):
+    """One flat functional model (no nested models, so TFMOT's clone sees every layer)."""
+    inputs = bert_inputs()
+    hidden = encoder_graph(inputs, cfg)
+    if pooling == "mean":
+        pooled = MaskedMeanPooling(name="pooling")([hidden, inputs["attention_mask"]])
+    else:
+        pooled = ClsPooling(name="pooling")(hidden)
+    pooled = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)
+    logits = keras.layers.Dense(num_labels, name="classifier",
+                                kernel_initializer=keras.initializers.TruncatedNormal(
+                                    stddev=0.02))(pooled)
+    return keras.Model(inputs, logits, name=name)
+
+
+# -- Hugging Face weights ----------------------------------------------------------------------
+def hf_weight_map(cfg: BertConfig, layers: List[int]):
+    """Our layer name -> list of (HF tensor name, transpose?) in Keras weight order.
+
+    ``layers`` picks which checkpoint layers fill our layers 0..n-1 (e.g. [0, 2, 4]).
+    """
+    def ln(prefix):
+        return [(prefix + ".weight", False), (prefix + ".bias", False)]
+
+    def lin(prefix):
+        return [(prefix + ".weight", True), (prefix + ".bias", False)]
+
+    out = {
+        "embeddings_word": [("embeddings.word_embeddings.weight", False)],
+        "embeddings_position": [("embeddings.position_embeddings.weight", False)],
+        "embeddings_token_type": [("embeddings.token_type_embeddings.weight", False)],
+        "embeddings_layernorm": ln("embeddings.LayerNorm"),
+    }
+    for ours, theirs in enumerate(layers):
+        p, t = f"layer_{ours}_", f"encoder.layer.{theirs}."
+        out.update({
+            p + "attention_query": lin(t + "attention.self.query"),
+            p + "attention_key": lin(t + "attention.self.key"),
+            p + "attention_value": lin(t + "attention.self.value"),
+            p + "attention_output": lin(t + "attention.output.dense"),
+            p + "attention_layernorm": ln(t + "attention.output.LayerNorm"),
+            p + "intermediate": lin(t + "intermediate.dense"),
+            p + "output": lin(t + "output.dense"),
+            p + "output_layernorm": ln(t + "output.LayerNorm"),
+        })
+    return out
+
+
+def read_state_dict(path):
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file missing: {path}") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    out = {}
+    for name, value in tensors.items():
+        # Checkpoints saved from BertFor* models prefix names with "bert."; old ones say gamma.
+        name = name[len("bert."):] if name.startswith("bert.") else name
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias")
+        out[name] = value
+    return out
+
+
+def load_hf_weights(model, state, cfg: BertConfig, layers, source):
+    for layer_name, entries in hf_weight_map(cfg, layers).items():
+        layer = model.get_layer(layer_name)
+        values = []
+        for tensor_name, transpose in entries:
+            if tensor_name not in state:
+                raise CheckpointError(f"{source}: tensor {tensor_name!r} missing "
+                                      f"(needed for layer {layer_name})")
+            value = state[tensor_name].astype(np.float32)
+            values.append(value.T if transpose else value)
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        got = [v.shape for v in values]
+        if expected != got:
+            raise CheckpointError(f"{source}: {layer_name} expects shapes {expected}, "
+                                  f"checkpoint has {got} (does config.json match the weights?)")
+        layer.set_weights(values)
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+class BertTokenizer:
+    """WordPiece from vocab.txt via the ``tokenizers`` package: [CLS] text [SEP]."""
+
+    def __init__(self, vocab_path, lowercase=True, max_length=128):
+        from tokenizers import BertWordPieceTokenizer
+
+        if not os.path.exists(vocab_path):
+            raise CheckpointError(f"vocabulary file missing: {vocab_path}")
+        with open(vocab_path, encoding="utf-8") as f:
+            self.vocab_size = sum(1 for _ in f)
+        self.vocab_path, self.lowercase, self.max_length = vocab_path, lowercase, max_length
+        self._tok = BertWordPieceTokenizer(vocab_path, lowercase=lowercase,
+                                           strip_accents=lowercase)
+        for token in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
+            if self._tok.token_to_id(token) is None:
+                raise CheckpointError(f"{vocab_path}: special token {token} not in vocabulary")
+        self.pad_id = self._tok.token_to_id("[PAD]")
+
+    def encode_ragged(self, texts, max_length=None):
+        """Token ids per text, truncated to max_length (with [CLS]/[SEP]); no padding."""
+        max_length = max_length or self.max_length
+        self._tok.enable_truncation(max_length)
+        self._tok.no_padding()
+        return [np.asarray(e.ids, np.int32) for e in self._tok.encode_batch(list(texts))]
+
+    def __call__(self, texts, max_length=None, pad_to=None):
+        """Dict of int32 [batch, seq] arrays padded to the longest text (or ``pad_to``)."""
+        ids = self.encode_ragged(texts, max_length)
+        return pad_batch(ids, pad_to or max(len(i) for i in ids), self.pad_id)
+
+    def decode(self, ids):
+        return self._tok.decode([int(i) for i in ids])
+
+
+def pad_batch(ids, length, pad_id=0):
+    batch = np.full((len(ids), length), pad_id, np.int32)
+    mask = np.zeros((len(ids), length), np.int32)
+    for row, seq in enumerate(ids):
+        batch[row, :len(seq)] = seq[:length]
+        mask[row, :len(seq)] = 1
+    return {"input_ids": batch, "attention_mask": mask,
+            "token_type_ids": np.zeros_like(batch)}
+
+
+def _lowercase(directory):
+    path = os.path.join(directory, "tokenizer_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return bool(json.load(f).get("do_lower_case", True))
+    return True
+
+
+def load_checkpoint(name_or_path, layers=None):
+    """(BertConfig, state dict, tokenizer, layer selection) from a checkpoint dir or name."""
+    directory = checkpoints.resolve(name_or_path)
+    for fname in ("config.json", "model.safetensors", "vocab.txt"):
+        if not os.path.exists(os.path.join(directory, fname)):
+            raise CheckpointError(f"checkpoint {name_or_path!r}: {fname} missing in {directory}")
+    cfg_path = os.path.join(directory, "config.json")
+    try:
+        cfg = BertConfig.from_json(cfg_path)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{cfg_path}: not a valid BERT config ({e})") from None
+    cfg.validate(cfg_path)
+    tokenizer = BertTokenizer(os.path.join(directory, "vocab.txt"), _lowercase(directory))
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"{directory}: vocab.txt has {tokenizer.vocab_size} tokens but "
+                              f"config.json says vocab_size {cfg.vocab_size}")
+    layers = list(range(cfg.num_hidden_layers)) if layers is None else list(layers)
+    bad = [i for i in layers if not 0 <= i < cfg.num_hidden_layers]
+    if bad:
+        raise CheckpointError(f"checkpoint {name_or_path!r} has {cfg.num_hidden_layers} layers; "
+                              f"cannot take layers {bad}")
+    cfg = dataclasses.replace(cfg, num_hidden_layers=len(layers))
+    state = read_state_dict(os.path.join(directory, "model.safetensors"))
+    return cfg, state, tokenizer, layers, directory
+
+
+def from_pretrained(name_or_path, layers=None):
+    """``(encoder, tokenizer)`` for a checkpoint short name (``minilm-l6``) or directory."""
+    cfg, state, tokenizer, layers, directory = load_checkpoint(name_or_path, layers)
+    encoder = build_encoder(cfg)
+    load_hf_weights(encoder, state, cfg, layers, directory)
+    return encoder, tokenizer
+
+
+# -- recipe plugin -----------------------------------------------------------------------------
+@MODELS.register("bert")
+class Bert(ModelPlugin):
+    """BERT sequence classifier: pretrained encoder + pooling + dropout + dense head."""
+
+    @dataclasses.dataclass(kw_only=True)
+    class Config(ModelConfig):
+        checkpoint: Optional[str] = field(
+            "minilm-l6", doc="Checkpoint short name (minilm-l6) or a directory with "
+                             "config.json, model.safetensors, vocab.txt; null = random init "
+                             "from `architecture` (then `vocab` names the vocabulary).")
+        vocab: Optional[str] = field(None, doc="Checkpoint name or directory whose vocab.txt "
+                                               "to use with a random-init model.")
+        layers: Optional[List[int]] = field(None, doc="Checkpoint layers to keep, in order "
+                                                      "(e.g. [0, 2, 4]); null = all.")
+        architecture: Dict[str, Any] = field(factory=dict, doc="BertConfig fields for random init "
+                                                     "(num_hidden_layers, hidden_size, ...).")
+        pooling: Literal["mean", "cls"] = field("mean", doc="Sentence pooling for the head.")
+        dropout: float = field(0.1, ge=0, lt=1, doc="Dropout before the classifier.")
+
+        def check(self):
+            if self.checkpoint is None and self.vocab is None:
+                yield ("vocab", "a random-init model (checkpoint: null) needs a vocab")
+            if self.checkpoint is not None and self.architecture:
+                yield ("architecture", "only used with checkpoint: null (the checkpoint's "
+                                       "config.json fixes the architecture)")
+            names = {f.name for f in dataclasses.fields(BertConfig)}
+            for key in self.architecture:
+                if key not in names:
+                    yield (("architecture", key), f"not a BertConfig field; known: "
+                                                  f"{', '.join(sorted(names))}")
+
+    def __init__(self, config, num_labels):
+        super().__init__(config, num_labels)
+        if config.checkpoint is not None:
+            self.bert_config, self._state, self.tokenizer, self._layers, self._source = \
+                load_checkpoint(config.checkpoint, config.layers)
+        else:
+            directory = checkpoints.resolve(config.vocab)
+            self.tokenizer = BertTokenizer(os.path.join(directory, "vocab.txt"),
+                                           _lowercase(directory))
+            arch = dict(config.architecture)
+            arch.setdefault("vocab_size", self.tokenizer.vocab_size)
+            self.bert_config = BertConfig(**arch)
+            self.bert_config.validate("model.architecture")
+            self._state = None
+
+    def build(self):
+        model = build_classifier(self.bert_config, self.num_labels, self.config.pooling,
+                                 self.config.dropout)
+        if self._state is not None:
+            load_hf_weights(model, self._state, self.bert_config, self._layers, self._source)
+        return model
+
+    def encode(self, texts, max_length):
+        return {"input_ids": self.tokenizer.encode_ragged(texts, max_length)}
+
+    def features(self, ids):
+        # [PAD] never comes out of the tokenizer for real text, so it marks padding exactly.
+        return {"input_ids": ids,
+                "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
+                "token_type_ids": tf.zeros_like(ids)}
+
+    def input_specs(self):
+        return {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES}

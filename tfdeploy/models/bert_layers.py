@@ -1,0 +1,87 @@
+"""The few BERT pieces Keras has no layer for. None of them holds a matmul weight, so TFMOT
+sees every prunable/quantizable matrix as a plain ``Dense`` or ``Embedding``."""
+import math
+
+import tensorflow as tf
+import tf_keras as keras
+
+register = keras.utils.register_keras_serializable(package="tfdeploy")
+
+
+@register
+class PositionEmbedding(keras.layers.Layer):
+    """Learned absolute positions, broadcast to the shape of the word embeddings it gets."""
+
+    def __init__(self, max_positions, hidden_size, **kwargs):
+        super().__init__(**kwargs)
+        self.max_positions, self.hidden_size = max_positions, hidden_size
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            "embeddings", shape=(self.max_positions, self.hidden_size),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+        super().build(input_shape)
+
+    def call(self, word_embeddings):
+        seq = tf.shape(word_embeddings)[1]
+        positions = tf.cast(self.embeddings[:seq], word_embeddings.dtype)
+        return tf.broadcast_to(positions[tf.newaxis], tf.shape(word_embeddings))
+
+    def get_config(self):
+        return {**super().get_config(), "max_positions": self.max_positions,
+                "hidden_size": self.hidden_size}
+
+
+@register
+class AttentionMaskBias(keras.layers.Layer):
+    """[batch, seq] 0/1 mask -> [batch, 1, 1, seq] additive bias (0 keep, -10000 drop)."""
+
+    def call(self, mask):
+        mask = tf.cast(mask, self.compute_dtype)
+        return ((1.0 - mask) * -10000.0)[:, tf.newaxis, tf.newaxis, :]
+
+
+@register
+class SelfAttention(keras.layers.Layer):
+    """Scaled dot-product attention over already projected Q, K, V (split into heads here)."""
+
+    def __init__(self, num_heads, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.dropout = num_heads, dropout
+        self.drop = keras.layers.Dropout(dropout)
+
+    def _heads(self, x):
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        x = tf.reshape(x, [batch, seq, self.num_heads, x.shape[-1] // self.num_heads])
+        return tf.transpose(x, [0, 2, 1, 3])
+
+    def call(self, inputs, training=None):
+        q, k, v, bias = inputs
+        head_dim = q.shape[-1] // self.num_heads
+        scores = tf.matmul(self._heads(q), self._heads(k), transpose_b=True)
+        scores = scores / math.sqrt(head_dim) + tf.cast(bias, scores.dtype)
+        probs = self.drop(tf.nn.softmax(scores, axis=-1), training=training)
+        context = tf.transpose(tf.matmul(probs, self._heads(v)), [0, 2, 1, 3])
+        return tf.reshape(context, [tf.shape(q)[0], tf.shape(q)[1], q.shape[-1]])
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
+
+
+@register
+class MaskedMeanPooling(keras.layers.Layer):
+    """Mean of the hidden states over real (unmasked) tokens, as sentence-transformers does."""
+
+    def call(self, inputs):
+        hidden, mask = inputs
+        mask = tf.cast(mask, hidden.dtype)[:, :, tf.newaxis]
+        return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(
+            tf.reduce_sum(mask, axis=1), 1e-9)
+
+
+@register
+class ClsPooling(keras.layers.Layer):
+    """The hidden state of the first ([CLS]) token."""
+
+    def call(self, hidden):
+        return hidden[:, 0]

@@ -1,0 +1,239 @@
+"""Run a recipe: strategy -> data -> model -> stages (cached, resumable) -> export -> report.
+
+Each stage's output is keyed by a hash of its config and its input's hash. With
+``--resume`` a finished stage whose hash is unchanged is loaded instead of rerun; the
+first changed or unfinished stage and everything after it run again.
+"""
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import yaml
+
+from tfdeploy import checkpoint, evaluate, models, report, stages, strategy as strategies
+from tfdeploy import data as data_plugins
+from tfdeploy.context import Context
+from tfdeploy.data.pipeline import EncodedSplit
+from tfdeploy.errors import GateError, StageError, TfdeployError
+from tfdeploy.recipe.schema import to_dict
+from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment, fingerprint,
+                             new_run_id, recipe_runs)
+
+STAGE_DONE = "stage.json"
+
+
+@dataclasses.dataclass
+class Options:
+    output_dir: str = ""
+    strategy: str = ""
+    only: tuple = ()          # --stages: run just these stages (in recipe order)
+    start_from: str = ""      # --from: reuse cached outputs before this stage
+    resume: bool = False
+    dry_run: bool = False
+
+
+def select_stages(recipe, opts):
+    names = [s.name for s in recipe.stages]
+    for name in list(opts.only) + ([opts.start_from] if opts.start_from else []):
+        if name not in names:
+            raise TfdeployError(f"no stage named {name!r} in the recipe (stages: "
+                                f"{', '.join(names) or 'none'})")
+    chosen = [s for s in recipe.stages if not opts.only or s.name in opts.only]
+    return chosen
+
+
+def prepare(recipe, opts):
+    """Everything that can fail on bad input, before anything is written."""
+    strategy, info = strategies.create(recipe.distribution, opts.strategy or None)
+    source = data_plugins.create(recipe.data, recipe.seed)
+    task = source.load()
+    plugin = models.create(recipe.model, task.num_labels)
+    cfg = recipe.data
+    train = EncodedSplit(plugin, task.train, cfg.max_length, cfg.buckets)
+    validation = EncodedSplit(plugin, task.validation.take(recipe.evaluate.max_examples),
+                              cfg.max_length, cfg.buckets)
+    chosen = select_stages(recipe, opts)
+    context = Context(recipe, strategy, info, plugin, task, train, validation, run_dir="",
+                      is_chief=strategies.is_chief(strategy))
+    return context, [(s, stages.create(s)) for s in chosen]
+
+
+def preflight(context, stage_list):
+    with context.strategy.scope():
+        model = context.plugin.build()
+    task = context.task
+    print(f"data: {len(task.train)} train / {len(context.validation)} validation examples, "
+          f"labels {task.label_names}")
+    print(f"model: {model.name}, {model.count_params():,} parameters, "
+          f"{len(model.layers)} layers")
+    print(f"strategy: {context.strategy_info['strategy']} "
+          f"({context.strategy_info['replicas']} replica(s))")
+    for cfg, stage in stage_list:
+        print(f"stage {cfg.name} ({cfg.type}):")
+        for layer, action in stage.preflight(model, context):
+            print(f"  {layer:40s} {action}")
+    return model
+
+
+def choose_run_dir(recipe, opts):
+    root = opts.output_dir or recipe.output.dir
+    runs = recipe_runs(root, recipe.name)
+    if opts.resume and runs:
+        return runs[-1], runs
+    return os.path.join(root, recipe.name, new_run_id()), runs
+
+
+def find_cached(stage_dir_name, digest, run_dirs):
+    for run_dir in reversed(run_dirs):
+        candidate = os.path.join(run_dir, stage_dir_name)
+        if is_finished(candidate, digest):
+            return candidate
+    return None
+
+
+def is_finished(stage_dir, digest):
+    path = os.path.join(stage_dir, STAGE_DONE)
+    if not os.path.exists(path) or not os.path.exists(os.path.join(stage_dir,
+                                                                   checkpoint.MODEL_FILE)):
+        return False
+    with open(path) as f:
+        return json.load(f).get("hash") == digest
+
+
+def run(recipe, opts, resolved_tree=None):
+    context, stage_list = prepare(recipe, opts)
+    if opts.dry_run:
+        print(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        preflight(context, stage_list)
+        print("dry run: nothing trained or written")
+        return None
+    run_dir, earlier = choose_run_dir(recipe, opts)
+    if not context.is_chief:  # workers train in step with the chief but keep nothing
+        run_dir = tempfile.mkdtemp(prefix="tfdeploy-worker-")
+    context.run_dir = run_dir
+    try:
+        return _run(recipe, opts, context, stage_list, earlier)
+    finally:
+        if not context.is_chief:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run(recipe, opts, context, stage_list, earlier):
+    run_dir = context.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"run directory: {run_dir}", flush=True)
+    atomic_write_text(os.path.join(run_dir, "recipe.yaml"),
+                      yaml.safe_dump(to_dict(recipe), sort_keys=False))
+    atomic_write_json(os.path.join(run_dir, "env.json"), environment(context.strategy_info))
+    digest = fingerprint(to_dict(recipe.model), to_dict(recipe.data), recipe.seed)
+    with context.strategy.scope():
+        model = context.plugin.build()
+    records, started = [], time.time()
+    reached_start = not opts.start_from
+    custom_objects, scopes = {}, []
+    for index, (cfg, stage) in enumerate(stage_list):
+        digest = fingerprint(digest, to_dict(cfg))
+        reached_start = reached_start or cfg.name == opts.start_from
+        context.stage_dir = os.path.join(run_dir, f"{index}-{cfg.name}")
+        custom_objects.update(stage.custom_objects())
+        cached = None
+        if opts.resume and is_finished(context.stage_dir, digest):
+            cached = context.stage_dir
+        elif not reached_start:
+            cached = find_cached(os.path.basename(context.stage_dir), digest, earlier)
+            if cached is None:
+                raise TfdeployError(f"--from {opts.start_from}: stage {cfg.name!r} has no "
+                                    f"finished output with the same config in earlier runs; "
+                                    f"run it first")
+        if cached:
+            print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
+            model = checkpoint.load(cached, context.strategy, custom_objects)
+            with open(os.path.join(cached, "eval.json")) as f:
+                records.append(json.load(f))
+            continue
+        model = run_stage(stage, cfg, model, context, digest, custom_objects)
+        rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
+        print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
+              flush=True)
+        if context.is_chief:
+            atomic_write_json(context.path("eval.json"), rec)
+            atomic_write_json(context.path(STAGE_DONE), {
+                "hash": digest, "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
+                "seconds": round(time.time() - context.stage_started, 1)})
+        records.append(rec)
+    if not stage_list:
+        rec, _ = evaluate.evaluate_keras(model, context, "input")
+        records.append(rec)
+    stage_name = stage_list[-1][0].name if stage_list else "input"
+    problems = export_all(recipe, context, model, stage_name, records)
+    summary = {"schema_version": 1, "recipe": recipe.name, "run_dir": run_dir,
+               "seconds": round(time.time() - started, 1),
+               "strategy": context.strategy_info, "records": records}
+    if context.is_chief:
+        atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
+        atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary))
+        print(f"report: {os.path.join(run_dir, 'report.md')}")
+    if problems:
+        raise GateError("\n".join(problems))
+    return summary
+
+
+def run_stage(stage, cfg, model, context, digest, custom_objects):
+    stage_dir = context.stage_dir
+    started = os.path.join(stage_dir, "started.json")
+    if os.path.exists(started):
+        with open(started) as f:
+            if json.load(f).get("hash") != digest:
+                shutil.rmtree(stage_dir)  # a different config: its backups are not ours
+    os.makedirs(stage_dir, exist_ok=True)
+    atomic_write_json(started, {"hash": digest})
+    print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
+    context.stage_started = time.time()
+    try:
+        model = stage.run(model, context)
+    except (ValueError, TypeError) as e:
+        # TFMOT/Keras reject unsupported layers with ValueError; name the stage.
+        if isinstance(e, TfdeployError):
+            raise
+        raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
+    if context.is_chief:
+        checkpoint.save(model, stage_dir)
+    return model
+
+
+def export_all(recipe, context, model, stage_name, records):
+    """Write the recipe's artifacts, evaluate each in its runtime; return gate problems."""
+    from tfdeploy.export import dir_size, savedmodel
+
+    problems = []
+    reference = context.predict(model)
+    baseline = records[0]["metrics"]["accuracy"] if records else None
+    for fmt in recipe.export.formats:
+        if fmt == "savedmodel":
+            if not context.is_chief:
+                continue
+            path = savedmodel.export(model, context.plugin.input_specs(),
+                                     context.task.label_names, recipe.export.dir, recipe.name,
+                                     recipe.export.version)
+            start = time.perf_counter()
+            logits = savedmodel.predict(path, context.validation.numpy_batches(
+                recipe.evaluate.batch_size), len(context.validation))
+            rec = evaluate.record(stage_name, "savedmodel", "tf", logits,
+                                  context.validation.labels, time.perf_counter() - start,
+                                  reference, path=path, size_bytes=dir_size(path))
+            print(f"export savedmodel: {path} (accuracy {rec['metrics']['accuracy']:.4f}, "
+                  f"agreement {rec['agreement']:.4f}, max diff {rec['max_abs_diff']:.1e})")
+            records.append(rec)
+            problem = evaluate.check_float_parity(rec)
+            if problem:
+                problems.append(problem)
+            if recipe.evaluate.max_drop is not None and baseline is not None:
+                drop = baseline - rec["metrics"]["accuracy"]
+                if drop > recipe.evaluate.max_drop:
+                    problems.append(f"{fmt}: accuracy dropped {drop:.4f} below the first "
+                                    f"stage ({baseline:.4f}); limit evaluate.max_drop "
+                                    f"{recipe.evaluate.max_drop}")
+    return problems

@@ -1,0 +1,79 @@
+"""`python -m tfdeploy.run RECIPE [--set PATH=VALUE ...]`: run a recipe end to end.
+
+Bad input (recipe, override, data, checkpoint) prints one clear message and exits 2.
+"""
+import os
+import sys
+import warnings
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("set", [], "Override a recipe value: PATH=VALUE, e.g. "
+                                     "stages.1.final_sparsity=0.8 (repeatable).")
+flags.DEFINE_string("output_dir", "", "Root for run directories (default: the recipe's "
+                                      "output.dir).")
+flags.DEFINE_enum("strategy", "", ["", "auto", "cpu", "one_device", "mirrored", "tpu",
+                                   "multi_worker"], "Override distribution.strategy.")
+flags.DEFINE_list("stages", [], "Run only these stages (by name), in recipe order.")
+flags.DEFINE_string("from", "", "Reuse finished outputs of the stages before this one and "
+                                "run from it on.")
+flags.DEFINE_bool("resume", False, "Continue the latest run of this recipe: finished stages "
+                                   "whose config is unchanged are not rerun.")
+flags.DEFINE_bool("dry_run", False, "Validate, print the resolved recipe and a preflight "
+                                    "(model, data, layers each stage touches); train nothing.")
+flags.DEFINE_integer("seed", None, "Override the recipe's seed.")
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("expected exactly one recipe file: "
+                             "python -m tfdeploy.run RECIPE [--set PATH=VALUE ...]")
+    if FLAGS.verbosity > 0:  # let TF's C++ logging through too
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's Python INFO lines are noise by default
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+    from tfdeploy.errors import TfdeployError
+
+    try:
+        return _main(argv[1])
+    except TfdeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def _main(recipe_path):
+    import tfdeploy  # noqa: F401  (pins Keras 2 before TensorFlow loads)
+    from tfdeploy.recipe.load import load_tree
+    from tfdeploy.recipe.schema import Recipe
+    from tfdeploy.recipe.validate import validate
+
+    overrides = list(FLAGS.set)
+    if FLAGS.seed is not None:
+        overrides.append(f"seed={FLAGS.seed}")
+    tree, locations = load_tree(recipe_path, overrides)
+    recipe = validate(Recipe, tree, locations)
+
+    import tf_keras as keras
+
+    from tfdeploy import pipeline
+
+    keras.utils.set_random_seed(recipe.seed)
+    opts = pipeline.Options(output_dir=FLAGS.output_dir, strategy=FLAGS.strategy,
+                            only=tuple(FLAGS.stages), start_from=FLAGS["from"].value,
+                            resume=FLAGS.resume, dry_run=FLAGS.dry_run)
+    pipeline.run(recipe, opts, tree)
+    return 0
+
+
+def entry():
+    """Console script ``tfdeploy``."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,37 @@
+"""Stage plugins: each optimization step of a recipe is one module here.
+
+A stage is a class decorated ``@STAGES.register("type")`` with a ``Config`` dataclass (a
+:class:`~tfdeploy.recipe.fields.StageConfig`) and ``run(model, context) -> model``. The
+pipeline hands it a model built inside ``context.strategy.scope()``; the stage compiles and
+trains inside that scope too, and uses ``context`` for data at the global batch size.
+"""
+from tfdeploy.recipe.fields import Registry, StageConfig, import_submodules
+
+STAGES = Registry("stage")
+StageConfig.registry = STAGES
+
+
+class Stage:
+    Config = StageConfig
+
+    def __init__(self, config):
+        self.config = config
+
+    def run(self, model, context):
+        """Return the optimized model (stripped of training-only wrappers)."""
+        raise NotImplementedError
+
+    def preflight(self, model, context):
+        """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
+        return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]
+
+    def custom_objects(self):
+        """Extra classes needed to load this stage's saved model (e.g. QAT wrappers)."""
+        return {}
+
+
+def create(config):
+    return STAGES.get(config.type)(config)
+
+
+import_submodules(__name__, __path__)

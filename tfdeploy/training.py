@@ -1,0 +1,151 @@
+"""Shared fitting machinery for every stage that trains (train, prune, cluster, qat, distill).
+
+``FitConfig`` holds the knobs; ``fit`` compiles inside the strategy scope, converts epochs to
+steps with the *global* batch, evaluates on the validation split, keeps the best weights and
+backs up each evaluation period so a killed run (or a restarted worker) resumes.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfdeploy.recipe.fields import field
+
+
+@dataclasses.dataclass(kw_only=True)
+class FitConfig:
+    epochs: float = field(1.0, gt=0, doc="Passes over the training split (fractions allowed).",
+                          unit="epochs")
+    steps: int = field(0, ge=0, doc="Optimizer steps; overrides epochs when > 0.",
+                       unit="steps")
+    batch_size: int = field(32, ge=1, doc="Batch size per replica; the global batch is this "
+                                          "times the number of replicas.", unit="examples")
+    optimizer: Literal["adamw", "adam", "sgd"] = field("adamw", doc="Optimizer.")
+    learning_rate: float = field(5e-5, gt=0, doc="Peak learning rate.")
+    weight_decay: float = field(0.01, ge=0, doc="Decoupled weight decay (adamw); biases and "
+                                                "LayerNorm are excluded.")
+    warmup: float = field(0.1, ge=0, lt=1, doc="Fraction of steps with linear warm-up.")
+    schedule: Literal["linear", "constant", "cosine"] = field(
+        "linear", doc="Learning-rate decay after warm-up.")
+    clipnorm: float = field(1.0, ge=0, doc="Clip the global gradient norm (0 = off).")
+    evals: int = field(0, ge=0, doc="Validation passes during the stage; 0 = once per epoch "
+                                    "(at least one).")
+    early_stopping: int = field(0, ge=0, doc="Stop after this many evaluations without "
+                                             "improvement (0 = off).")
+    keep_best: bool = field(True, doc="Return the weights of the best validation accuracy.")
+
+    def total_steps(self, examples, global_batch):
+        if self.steps:
+            return self.steps
+        return max(1, math.ceil(self.epochs * examples / global_batch))
+
+    def eval_periods(self, total, steps_per_epoch):
+        periods = self.evals or max(1, round(total / steps_per_epoch))
+        periods = min(periods, total)
+        return periods, math.ceil(total / periods)
+
+
+@keras.utils.register_keras_serializable(package="tfdeploy")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak``, then linear/cosine decay to 0 (or constant)."""
+
+    def __init__(self, peak, total_steps, warmup_steps, decay="linear"):
+        self.peak, self.total_steps = float(peak), int(total_steps)
+        self.warmup_steps, self.decay = int(warmup_steps), decay
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        span = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+        if self.decay == "linear":
+            after = self.peak * (1.0 - progress)
+        elif self.decay == "cosine":
+            after = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:
+            after = tf.constant(self.peak)
+        if self.warmup_steps == 0:
+            return after
+        return tf.where(step < self.warmup_steps, self.peak * (step + 1) / warm, after)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "decay": self.decay}
+
+
+def make_optimizer(cfg: FitConfig, total_steps):
+    lr = WarmupDecay(cfg.learning_rate, total_steps, int(cfg.warmup * total_steps), cfg.schedule)
+    clip = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}
+    if cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, epsilon=1e-6, **clip)
+        opt.exclude_from_weight_decay(var_names=["bias", "layernorm", "LayerNorm"])
+        return opt
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, epsilon=1e-6, **clip)
+    return keras.optimizers.SGD(lr, momentum=0.9, **clip)
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Remember the weights with the best ``val_accuracy`` and restore them at the end."""
+
+    def __init__(self, monitor="val_accuracy"):
+        super().__init__()
+        self.monitor, self.best, self.weights, self.best_epoch = monitor, -np.inf, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value > self.best:
+            self.best, self.best_epoch = value, epoch
+            self.weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def compile_for_classification(model, optimizer, context):
+    with context.strategy.scope():
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
+    """Train ``model`` per ``cfg``; returns the history dict (also written to history.json)."""
+    global_batch = context.global_batch(cfg.batch_size)
+    total = cfg.total_steps(len(context.train), global_batch)
+    periods, per_period = cfg.eval_periods(total, context.steps_per_epoch(cfg.batch_size))
+    optimizer = make_optimizer(cfg, periods * per_period)
+    (compile_fn or compile_for_classification)(model, optimizer, context)
+    extra = list(callbacks)
+    keep = KeepBest() if cfg.keep_best else None
+    if cfg.early_stopping:
+        extra.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
+                                                   mode="max"))
+    if keep:
+        extra.append(keep)
+    # Backups make a killed stage resume at its last evaluation, not from scratch.
+    if not isinstance(context.strategy, tf.distribute.OneDeviceStrategy):  # unsupported there
+        extra.append(keras.callbacks.BackupAndRestore(context.path("backup")))
+    if context.recipe.output.tensorboard:
+        extra.append(keras.callbacks.TensorBoard(context.path("tensorboard"),
+                                                 update_freq=max(1, per_period // 10)))
+    print(f"  {total} steps at global batch {global_batch} ({context.replicas} replica(s)), "
+          f"{periods} evaluation(s)", flush=True)
+    history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
+                        steps_per_epoch=per_period, validation_data=context.validation_dataset(),
+                        callbacks=extra, verbose=1 if sys.stdout.isatty() else 2)
+    record = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    record.update(steps=periods * per_period, global_batch=global_batch,
+                  best_epoch=None if keep is None else keep.best_epoch)
+    if context.is_chief:
+        from tfdeploy.rundir import atomic_write_text
+
+        atomic_write_text(context.path("history.json"), json.dumps(record, indent=2))
+    return record
