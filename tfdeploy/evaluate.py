@@ -34,6 +34,39 @@ def evaluate_keras(model, context, stage):
     return rec, logits
 
 
+def evaluate_artifact(artifact, context, stage, reference, threads=2):
+    """Run ``artifact`` in its own runtime on the validation split; compare with Keras."""
+    from tfdeploy.bench import gzip_size
+
+    split = context.validation
+    run = artifact.runner(threads)
+    logits = None
+    start = time.perf_counter()
+    for idx, features in split.numpy_batches(context.recipe.evaluate.batch_size):
+        out = run(features)
+        if logits is None:
+            logits = np.zeros((len(split), out.shape[-1]), np.float32)
+        logits[idx] = out
+    seconds = time.perf_counter() - start
+    return record(stage, artifact.name, artifact.runtime, logits, split.labels, seconds,
+                  reference, path=artifact.path, size_bytes=artifact.size(),
+                  gzip_bytes=gzip_size(artifact.path), float=artifact.is_float)
+
+
+def check_gate(rec, baseline, max_drop, relative=False):
+    """A message if ``rec``'s accuracy dropped more than allowed below ``baseline``."""
+    if max_drop is None or baseline is None:
+        return None
+    drop = baseline - rec["metrics"]["accuracy"]
+    limit = max_drop * baseline if relative else max_drop
+    if drop > limit:
+        return (f"{rec['artifact']} ({rec['runtime']}) of stage {rec['stage']!r}: accuracy "
+                f"{rec['metrics']['accuracy']:.4f} is {drop:.4f} below the baseline "
+                f"{baseline:.4f}; evaluate.max_drop allows {limit:.4f}"
+                f"{' (relative)' if relative else ''}")
+    return None
+
+
 def check_float_parity(rec, tolerance=1e-4):
     """Problems (text) if a float artifact disagrees with its Keras model."""
     if rec.get("agreement", 1.0) < 1.0 or rec.get("max_abs_diff", 0.0) > tolerance:

@@ -174,7 +174,8 @@ def _run(recipe, opts, context, stage_list, earlier):
                "strategy": context.strategy_info, "records": records}
     if context.is_chief:
         atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
-        atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary))
+        pngs = report.plots(summary, run_dir)
+        atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary, pngs))
         print(f"report: {os.path.join(run_dir, 'report.md')}")
     if problems:
         raise GateError("\n".join(problems))
@@ -206,34 +207,37 @@ def run_stage(stage, cfg, model, context, digest, custom_objects):
 
 def export_all(recipe, context, model, stage_name, records):
     """Write the recipe's artifacts, evaluate each in its runtime; return gate problems."""
-    from tfdeploy.export import dir_size, savedmodel
+    from tfdeploy import bench
+    from tfdeploy.export import export_artifacts
 
+    if not recipe.export.formats:
+        return []
     problems = []
+    ev = recipe.evaluate
     reference = context.predict(model)
-    baseline = records[0]["metrics"]["accuracy"] if records else None
-    for fmt in recipe.export.formats:
-        if fmt == "savedmodel":
-            if not context.is_chief:
-                continue
-            path = savedmodel.export(model, context.plugin.input_specs(),
-                                     context.task.label_names, recipe.export.dir, recipe.name,
-                                     recipe.export.version)
-            start = time.perf_counter()
-            logits = savedmodel.predict(path, context.validation.numpy_batches(
-                recipe.evaluate.batch_size), len(context.validation))
-            rec = evaluate.record(stage_name, "savedmodel", "tf", logits,
-                                  context.validation.labels, time.perf_counter() - start,
-                                  reference, path=path, size_bytes=dir_size(path))
-            print(f"export savedmodel: {path} (accuracy {rec['metrics']['accuracy']:.4f}, "
-                  f"agreement {rec['agreement']:.4f}, max diff {rec['max_abs_diff']:.1e})")
-            records.append(rec)
-            problem = evaluate.check_float_parity(rec)
-            if problem:
-                problems.append(problem)
-            if recipe.evaluate.max_drop is not None and baseline is not None:
-                drop = baseline - rec["metrics"]["accuracy"]
-                if drop > recipe.evaluate.max_drop:
-                    problems.append(f"{fmt}: accuracy dropped {drop:.4f} below the first "
-                                    f"stage ({baseline:.4f}); limit evaluate.max_drop "
-                                    f"{recipe.evaluate.max_drop}")
+    keras_records = [r for r in records if r["artifact"] == "keras"]
+    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    artifacts = export_artifacts(recipe, context, model,
+                                 sparse=getattr(model, "_tfdeploy_sparse", False))
+    for artifact in artifacts:
+        rec = evaluate.evaluate_artifact(artifact, context, stage_name, reference, ev.threads)
+        records.append(rec)
+        print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
+              f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
+              f"max diff {rec['max_abs_diff']:.1e})", flush=True)
+        problem = evaluate.check_float_parity(rec, ev.float_tolerance) if artifact.is_float \
+            else None
+        problem = problem or evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
+        if problem:
+            problems.append(problem)
+    if recipe.benchmark.enabled and artifacts:
+        b = recipe.benchmark
+        settings = bench.Settings(tuple(b.batch_sizes), b.seq_length, b.threads, b.warmup_runs,
+                                  b.warmup_seconds, b.runs, b.seconds)
+        print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
+              f"seq {b.seq_length}, {b.threads} threads", flush=True)
+        latency = bench.benchmark(artifacts, settings)
+        for rec in records[-len(artifacts):]:
+            rec["latency"] = latency[rec["artifact"]]
+            rec["latency_settings"] = {"seq_length": b.seq_length, "threads": b.threads}
     return problems

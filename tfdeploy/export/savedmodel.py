@@ -3,7 +3,6 @@ signature (logits, probabilities, label id) and the label map in ``assets/labels
 import os
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from tfdeploy.export import next_version
@@ -13,13 +12,15 @@ from tfdeploy.rundir import atomic_dir
 class ServingModule(tf.Module):
     def __init__(self, model, input_specs, labels_path):
         super().__init__()
-        self.model = model
+        # Track the weights, not the model: a compiled model drags its optimizer (and its
+        # slot variables, 2x the weights for Adam) into the SavedModel.
+        self.weights = list(model.weights)
         self.labels = tf.saved_model.Asset(labels_path)
         names = list(input_specs)
 
         @tf.function(input_signature=[input_specs[n] for n in names])
         def serve(*args):
-            logits = tf.cast(self.model(dict(zip(names, args)), training=False), tf.float32)
+            logits = tf.cast(model(dict(zip(names, args)), training=False), tf.float32)
             return {"logits": logits, "probabilities": tf.nn.softmax(logits),
                     "label_id": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
@@ -41,13 +42,11 @@ def export(model, input_specs, label_names, root, name, version=0):
     return target
 
 
-def predict(path, batches, num_examples):
-    """Logits from the exported signature for every example (batches: (idx, features))."""
+def runner(path):
+    """Callable: dict of numpy inputs -> logits, through the ``serving_default`` signature."""
     fn = tf.saved_model.load(path).signatures["serving_default"]
-    out = None
-    for idx, features in batches:
-        logits = fn(**{k: tf.constant(v) for k, v in features.items()})["logits"].numpy()
-        if out is None:
-            out = np.zeros((num_examples, logits.shape[-1]), np.float32)
-        out[idx] = logits
-    return out
+
+    def run(features):
+        return fn(**{k: tf.constant(v) for k, v in features.items()})["logits"].numpy()
+
+    return run

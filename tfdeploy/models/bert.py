@@ -346,5 +346,9 @@ class Bert(ModelPlugin):
                 "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
                 "token_type_ids": tf.zeros_like(ids)}
 
+    def attention_shape(self):
+        """(heads, hidden) for ONNX Runtime's attention fusion."""
+        return self.bert_config.num_attention_heads, self.bert_config.hidden_size
+
     def input_specs(self):
         return {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES}

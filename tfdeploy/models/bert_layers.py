@@ -25,7 +25,7 @@ class PositionEmbedding(keras.layers.Layer):
     def call(self, word_embeddings):
         seq = tf.shape(word_embeddings)[1]
         positions = tf.cast(self.embeddings[:seq], word_embeddings.dtype)
-        return tf.broadcast_to(positions[tf.newaxis], tf.shape(word_embeddings))
+        return tf.broadcast_to(tf.expand_dims(positions, 0), tf.shape(word_embeddings))
 
     def get_config(self):
         return {**super().get_config(), "max_positions": self.max_positions,
@@ -38,7 +38,8 @@ class AttentionMaskBias(keras.layers.Layer):
 
     def call(self, mask):
         mask = tf.cast(mask, self.compute_dtype)
-        return ((1.0 - mask) * -10000.0)[:, tf.newaxis, tf.newaxis, :]
+        # expand_dims, not [:, None, None, :]: TFLite has no builtin for new-axis slicing.
+        return tf.expand_dims(tf.expand_dims((1.0 - mask) * -10000.0, 1), 1)
 
 
 @register
@@ -74,7 +75,7 @@ class MaskedMeanPooling(keras.layers.Layer):
 
     def call(self, inputs):
         hidden, mask = inputs
-        mask = tf.cast(mask, hidden.dtype)[:, :, tf.newaxis]
+        mask = tf.expand_dims(tf.cast(mask, hidden.dtype), -1)
         return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(
             tf.reduce_sum(mask, axis=1), 1e-9)
 

@@ -9,6 +9,7 @@ from typing import List, Literal, Optional
 import tfdeploy.data  # noqa: F401  (fills the data registry)
 import tfdeploy.models  # noqa: F401  (fills the model registry)
 import tfdeploy.stages  # noqa: F401  (fills the stage registry)
+from tfdeploy.export import FORMATS
 from tfdeploy.recipe.fields import DataConfig, ModelConfig, StageConfig, field
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -36,12 +37,19 @@ class Distribution:
 
 @dataclasses.dataclass(kw_only=True)
 class Export:
-    formats: List[Literal["savedmodel"]] = field(
-        factory=lambda: ["savedmodel"], doc="Artifacts to write after the last stage.")
+    formats: List[Literal[FORMATS]] = field(
+        factory=lambda: ["savedmodel"], doc="Artifacts to write after the last stage: "
+                                            "savedmodel (TF Serving), tflite_fp32, tflite_fp16, "
+                                            "tflite_dynamic_int8, tflite_int8 (calibrated "
+                                            "full int8; int8 from QAT ranges after a qat stage), "
+                                            "onnx_fp32 (ORT-optimized), onnx_int8 (ORT dynamic).")
     dir: str = field("saved_models", doc="Root of exports: <dir>/<recipe name>/<version>/ "
                                          "(TF Serving layout). Relative to the working dir.")
     version: int = field(0, ge=0, doc="Model version directory; 0 = one above the highest "
                                       "existing version.")
+    opset: int = field(17, ge=13, le=21, doc="ONNX opset for onnx_* formats.")
+    calibration_examples: int = field(100, ge=1, doc="Training examples used to calibrate "
+                                                     "tflite_int8 activation ranges.")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,14 +59,29 @@ class Evaluate:
     batch_size: int = field(64, ge=1, doc="Global batch size for evaluation.", unit="examples")
     max_examples: int = field(0, ge=0, doc="Evaluate on at most this many examples; 0 = all.")
     max_drop: Optional[float] = field(None, ge=0, doc="Fail the run if an artifact's accuracy "
-                                                      "drops more than this (absolute, in "
-                                                      "accuracy points 0-1) below the first "
-                                                      "stage's.")
+                                                      "drops more than this below the fp32 "
+                                                      "baseline (the first stage's Keras "
+                                                      "model): absolute (0.01 = 1 point) or, "
+                                                      "with relative, a fraction of it.")
+    relative: bool = field(False, doc="max_drop is relative to the baseline accuracy.")
+    threads: int = field(2, ge=1, doc="Threads for TFLite and ONNX Runtime evaluation.")
+    float_tolerance: float = field(1e-4, gt=0, doc="Max abs logit difference allowed between "
+                                                   "a float artifact and its Keras model.")
 
 
 @dataclasses.dataclass(kw_only=True)
 class Benchmark:
     enabled: bool = field(False, doc="Benchmark exported artifacts after the run.")
+    batch_sizes: List[int] = field(factory=lambda: [1, 8], doc="Batch sizes to time.",
+                                   unit="examples")
+    seq_length: int = field(128, ge=2, doc="Sequence length of the timed inputs.",
+                            unit="tokens")
+    threads: int = field(2, ge=1, doc="Threads for every runtime (recorded).")
+    runs: int = field(200, ge=1, doc="Timed calls per variant (or until `seconds`).")
+    seconds: float = field(10.0, gt=0, doc="Timed seconds per variant (or until `runs`).",
+                           unit="s")
+    warmup_runs: int = field(10, ge=0, doc="Untimed calls per variant first.")
+    warmup_seconds: float = field(0.5, ge=0, doc="Untimed seconds per variant first.", unit="s")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -1,0 +1,139 @@
+"""Latency of exported artifacts, each in its own runtime, measured side by side.
+
+Variants run round-robin (one call each per round) so machine noise hits all alike:
+warm-up until every variant has >= ``warmup_runs`` calls and >= ``warmup_seconds``, then
+rounds until every variant has >= ``runs`` calls or >= ``seconds`` of measured time.
+Reports median and p90 per variant and batch size, and ratios to a reference variant.
+
+    python -m tfdeploy.bench ARTIFACT [ARTIFACT ...] [--batch_sizes 1,8] [--seq_length 128]
+"""
+import dataclasses
+import gzip
+import os
+import sys
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Settings:
+    batch_sizes: tuple = (1, 8)
+    seq_length: int = 128
+    threads: int = 2
+    warmup_runs: int = 10
+    warmup_seconds: float = 0.5
+    runs: int = 200
+    seconds: float = 10.0
+
+
+def synthetic_inputs(batch, seq, vocab=30522, seed=0):
+    """Token ids shaped like real input: [CLS] ... [SEP], full attention mask."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab, 30000), size=(batch, seq), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids)}
+
+
+def measure(runners, inputs, s: Settings):
+    """{name: {median_ms, p90_ms, runs}} for callables run round-robin on ``inputs``."""
+    names = list(runners)
+    spent = dict.fromkeys(names, 0.0)
+    calls = dict.fromkeys(names, 0)
+    while min(calls.values()) < s.warmup_runs or min(spent.values()) < s.warmup_seconds:
+        for name in names:
+            start = time.perf_counter()
+            runners[name](inputs)
+            spent[name] += time.perf_counter() - start
+            calls[name] += 1
+    times = {name: [] for name in names}
+
+    def done(name):
+        return len(times[name]) >= s.runs or sum(times[name]) >= s.seconds
+
+    while not all(done(n) for n in names):
+        for name in names:
+            if done(name):
+                continue
+            start = time.perf_counter()
+            runners[name](inputs)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_ms": float(np.median(t) * 1e3),
+                   "p90_ms": float(np.percentile(t, 90) * 1e3), "runs": len(t)}
+            for name, t in times.items()}
+
+
+def gzip_size(path):
+    """Bytes after gzip (level 6): what a pruned or clustered model saves in transfer."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs] \
+        if os.path.isdir(path) else [path]
+    total = 0
+    for f in sorted(files):
+        with open(f, "rb") as fh:
+            total += len(gzip.compress(fh.read(), compresslevel=6))
+    return total
+
+
+def benchmark(artifacts, s: Settings, reference="savedmodel"):
+    """Latency records per artifact and batch size; ratios to ``reference`` (if present)."""
+    runners = {a.name: a.runner(s.threads) for a in artifacts}
+    results = {}
+    for batch in s.batch_sizes:
+        inputs = synthetic_inputs(batch, s.seq_length)
+        stats = measure(runners, inputs, s)
+        base = stats.get(reference) or stats[artifacts[0].name]
+        for name, st in stats.items():
+            st["ratio"] = st["median_ms"] / base["median_ms"]
+            results.setdefault(name, {})[f"batch_{batch}"] = st
+    return results
+
+
+def main(argv=None):
+    import argparse
+
+    import tfdeploy  # noqa: F401  (Keras 2 before TensorFlow)
+
+    parser = argparse.ArgumentParser(prog="python -m tfdeploy.bench",
+                                     description="Latency of exported artifacts.")
+    parser.add_argument("artifacts", nargs="+", help="SavedModel dirs, .tflite, .onnx files")
+    parser.add_argument("--batch_sizes", default="1,8")
+    parser.add_argument("--seq_length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from tfdeploy.export import Artifact
+
+    artifacts = []
+    for path in args.artifacts:
+        if not os.path.exists(path):
+            print(f"error: {path}: no such file or directory", file=sys.stderr)
+            return 2
+        name = os.path.basename(path.rstrip("/"))
+        artifacts.append(Artifact(name if not os.path.isdir(path) else "savedmodel", path))
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        print(f"error: --batch_sizes {args.batch_sizes!r}: expected integers like 1,8",
+              file=sys.stderr)
+        return 2
+    s = Settings(batch_sizes=tuple(sizes), seq_length=args.seq_length, threads=args.threads,
+                 runs=args.runs, seconds=args.seconds)
+    results = benchmark(artifacts, s, reference=artifacts[0].name)
+    print(f"seq {s.seq_length}, {s.threads} threads, ratios to {artifacts[0].name}")
+    print(f"{'artifact':40s} {'batch':>5s} {'median ms':>10s} {'p90 ms':>9s} {'ratio':>6s} "
+          f"{'MB':>7s} {'gzip MB':>8s}")
+    for a in artifacts:
+        for key, st in results[a.name].items():
+            print(f"{a.name:40s} {key[6:]:>5s} {st['median_ms']:10.2f} {st['p90_ms']:9.2f} "
+                  f"{st['ratio']:6.2f} {a.size() / 1e6:7.1f} {gzip_size(a.path) / 1e6:8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
