@@ -36,4 +36,6 @@ class StageError(TfdeployError):
 
 
 class GateError(TfdeployError):
-    """An accuracy gate failed after export."""
+    """An accuracy or parity gate failed after export (exit 3: the run itself worked)."""
+
+    exit_code = 3

@@ -1,0 +1,136 @@
+"""Every export format on a small BERT (MiniLM vocabulary, hidden 32), evaluated in its own
+runtime; parity failures are caught; a failing gate exits non-zero; report files parse."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tfdeploy import evaluate
+from tfdeploy.export import FORMATS, Artifact
+from tfdeploy.models import checkpoints
+
+from conftest import ROOT, run_cli
+from test_bert import make_checkpoint
+
+TINY = os.path.join(ROOT, "recipes", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, sst2_dir):
+    tmp = tmp_path_factory.mktemp("export")
+    vocab = os.path.join(checkpoints.resolve("minilm-l6"), "vocab.txt")
+    cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, hidden_act="gelu", max_position_embeddings=64,
+               type_vocab_size=2, layer_norm_eps=1e-12)
+    ckpt = tmp / "ckpt"
+    make_checkpoint(str(ckpt), cfg=cfg)
+    shutil.copy(vocab, ckpt / "vocab.txt")
+    recipe = tmp / "small.yaml"
+    recipe.write_text(f"""base: {TINY}
+name: small
+model: {{checkpoint: {ckpt}, layers: null}}
+data: {{max_train_examples: 300}}
+evaluate: {{max_examples: 200}}
+stages: [{{type: train, steps: 10, learning_rate: 1.0e-3}}]
+export: {{formats: [{', '.join(FORMATS)}], dir: {tmp / 'saved_models'}, calibration_examples: 20}}
+benchmark: {{enabled: true, batch_sizes: [1, 4], seq_length: 16, runs: 5, seconds: 0.2,
+            warmup_runs: 2, warmup_seconds: 0.05}}
+""")
+    proc = run_cli(str(recipe), f"--output_dir={tmp / 'runs'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp / "runs" / "small").iterdir()
+    return recipe, run_dir, tmp
+
+
+def test_every_format_evaluated_in_its_runtime(small_run):
+    _, run_dir, _ = small_run
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    by_artifact = {r["artifact"]: r for r in records}
+    assert set(by_artifact) == {"keras", *FORMATS}
+    runtimes = {r["artifact"]: r["runtime"] for r in records}
+    assert runtimes["savedmodel"] == "tf" and runtimes["tflite_int8"] == "litert"
+    assert runtimes["onnx_int8"] == "onnxruntime"
+    for name in ("savedmodel", "tflite_fp32", "onnx_fp32"):  # float artifacts agree fully
+        assert by_artifact[name]["agreement"] == 1.0, name
+        assert by_artifact[name]["max_abs_diff"] <= 1e-4, name
+    for name in FORMATS:
+        rec = by_artifact[name]
+        assert rec["examples"] == 200 and 0 <= rec["metrics"]["accuracy"] <= 1
+        assert rec["gzip_bytes"] > 0 and rec["latency"]["batch_1"]["median_ms"] > 0
+        assert rec["latency"]["batch_4"]["runs"] >= 5
+    assert by_artifact["savedmodel"]["latency"]["batch_1"]["ratio"] == 1.0
+    # int8 artifacts are smaller than fp32 in the same format (embeddings included)
+    assert by_artifact["tflite_dynamic_int8"]["size_bytes"] < 0.35 * by_artifact[
+        "tflite_fp32"]["size_bytes"]
+    assert by_artifact["onnx_int8"]["size_bytes"] < 0.35 * by_artifact["onnx_fp32"]["size_bytes"]
+
+
+def test_report_files(small_run):
+    _, run_dir, _ = small_run
+    report = (run_dir / "report.md").read_text()
+    for name in FORMATS:
+        assert f"| train | {name} |" in report
+    for png in ("accuracy_vs_latency.png", "accuracy_vs_size.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report
+
+
+def test_parity_failure_detected(small_run):
+    """Perturb one weight of the Keras model: the float artifact must now fail parity."""
+    import tf_keras as keras
+    import tfdeploy.models  # noqa: F401  (custom layers)
+
+    _, run_dir, _ = small_run
+    model = keras.models.load_model(str(run_dir / "0-train" / "model.h5"), compile=False)
+    artifact = Artifact("tflite_fp32", str(run_dir / "artifacts" / "small.tflite_fp32.tflite"))
+    run = artifact.runner()
+    ids = np.array([[101, 2307, 3185, 102], [101, 2919, 102, 0]], np.int32)
+    features = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32),
+                "token_type_ids": np.zeros_like(ids)}
+    ok = evaluate.parity(run(features), model(features).numpy())
+    assert evaluate.check_float_parity({"artifact": "tflite_fp32", "runtime": "litert",
+                                        "stage": "train", **ok}) is None
+    layer = model.get_layer("classifier")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + np.array([0.5, -0.5], np.float32)])
+    bad = evaluate.parity(run(features), model(features).numpy())
+    message = evaluate.check_float_parity({"artifact": "tflite_fp32", "runtime": "litert",
+                                           "stage": "train", **bad})
+    assert message and "disagrees with the Keras model" in message
+
+
+def test_gate_failure_exits_nonzero(small_run):
+    recipe, _, tmp = small_run
+    proc = run_cli(str(recipe), f"--output_dir={tmp / 'runs'}", "--resume",
+                   "--set=export.formats=[tflite_fp32]", "--set=benchmark.enabled=false",
+                   "--set=evaluate.float_tolerance=1e-12")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "tflite_fp32 (litert) disagrees with the Keras model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "stage train: unchanged" in proc.stdout
+
+
+def test_accuracy_gate_message():
+    rec = {"artifact": "tflite_int8", "runtime": "litert", "stage": "qat",
+           "metrics": {"accuracy": 0.88}}
+    assert evaluate.check_gate(rec, 0.90, 0.03) is None
+    message = evaluate.check_gate(rec, 0.90, 0.01)
+    assert "tflite_int8" in message and "0.0200 below the baseline 0.9000" in message
+    assert evaluate.check_gate(rec, 0.90, 0.03, relative=True) is None  # 2.7% allowed
+    assert evaluate.check_gate(rec, 0.90, 0.02, relative=True)  # 1.8% allowed
+
+
+def test_bench_cli(small_run):
+    import subprocess
+    import sys
+    _, run_dir, _ = small_run
+    files = [str(run_dir / "artifacts" / f"small.{n}.tflite") for n in
+             ("tflite_fp32", "tflite_dynamic_int8")]
+    proc = subprocess.run([sys.executable, "-m", "tfdeploy.bench", *files, "--batch_sizes=1",
+                           "--seq_length=16", "--runs=3", "--seconds=0.1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("small.")]
+    assert len(lines) == 2 and lines[0].split()[4] == "1.00"  # ratio to the first artifact
