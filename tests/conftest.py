@@ -24,3 +24,40 @@ def run_cli(*args, cwd=ROOT, timeout=600, env=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "tfdeploy.run", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+SMALL_BERT = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, hidden_act="gelu", max_position_embeddings=64,
+                  type_vocab_size=2, layer_norm_eps=1e-12)
+
+
+@pytest.fixture(scope="session")
+def small_bert_dir(tmp_path_factory):
+    """A 2-layer, hidden-32 BERT checkpoint (random weights) with the real MiniLM vocab."""
+    import shutil
+
+    from tfdeploy.models import checkpoints
+    from test_bert import make_checkpoint
+
+    directory = tmp_path_factory.mktemp("small_bert")
+    make_checkpoint(str(directory), cfg=SMALL_BERT)
+    shutil.copy(os.path.join(checkpoints.resolve("minilm-l6"), "vocab.txt"),
+                directory / "vocab.txt")
+    return directory
+
+
+def stage_context(tmp_path, checkpoint, *overrides):
+    """(recipe, context, model) for running stages in-process on SST-2 rows."""
+    from tfdeploy import pipeline
+    from tfdeploy.recipe import load_recipe
+
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny.yaml"), [
+        f"model.checkpoint={checkpoint}", "model.layers=null", "data.max_train_examples=256",
+        "evaluate.max_examples=128", "output.tensorboard=false", *overrides])
+    context, stages = pipeline.prepare(recipe, pipeline.Options())
+    context.run_dir = str(tmp_path)
+    context.stage_dir = str(tmp_path / "stage")
+    os.makedirs(context.stage_dir, exist_ok=True)
+    with context.strategy.scope():
+        model = context.plugin.build()
+    return recipe, context, stages, model

@@ -79,7 +79,7 @@ BAD = [
     ("stages: train", "stages", "expected a list"),
     ("stages: [train]", "stages[0]", "with a 'type' key"),
     ("stages: [{type: train, keep_best: 3}]", "stages[0].keep_best", "true or false"),
-    ("stages: [{type: train, schedule: step}]", "stages[0].schedule", "one of"),
+    ("stages: [{type: train, lr_schedule: step}]", "stages[0].lr_schedule", "one of"),
     ("distribution: {strategy: gpu}", "distribution.strategy", "one of"),
     ("distribution: {logical_cpus: -2}", "distribution.logical_cpus", "is not in [0, 64]"),
     ("distribution: {devices: '/gpu:0'}", "distribution.devices", "expected a list"),

@@ -156,6 +156,8 @@ def _run(recipe, opts, context, stage_list, earlier):
             continue
         model = run_stage(stage, cfg, model, context, digest, custom_objects)
         rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
+        if getattr(stage, "report", None):
+            rec["stage_report"] = stage.report
         print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
               flush=True)
         if context.is_chief:
@@ -217,10 +219,14 @@ def export_all(recipe, context, model, stage_name, records):
     reference = context.predict(model)
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
-    artifacts = export_artifacts(recipe, context, model,
-                                 sparse=getattr(model, "_tfdeploy_sparse", False))
+    pruned = any(s.type == "prune" for s in recipe.stages)
+    artifacts = export_artifacts(recipe, context, model, sparse=pruned)
     for artifact in artifacts:
         rec = evaluate.evaluate_artifact(artifact, context, stage_name, reference, ev.threads)
+        if artifact.runtime == "litert" and not (pruned and artifact.name == "tflite_fp32"):
+            # (sparse-encoded fp32 weights are not readable as plain tensors)
+            from tfdeploy.export.tflite import weight_stats
+            rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
         records.append(rec)
         print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
               f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "

@@ -31,7 +31,7 @@ class FitConfig:
     weight_decay: float = field(0.01, ge=0, doc="Decoupled weight decay (adamw); biases and "
                                                 "LayerNorm are excluded.")
     warmup: float = field(0.1, ge=0, lt=1, doc="Fraction of steps with linear warm-up.")
-    schedule: Literal["linear", "constant", "cosine"] = field(
+    lr_schedule: Literal["linear", "constant", "cosine"] = field(
         "linear", doc="Learning-rate decay after warm-up.")
     clipnorm: float = field(1.0, ge=0, doc="Clip the global gradient norm (0 = off).")
     evals: int = field(0, ge=0, doc="Validation passes during the stage; 0 = once per epoch "
@@ -80,7 +80,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(cfg: FitConfig, total_steps):
-    lr = WarmupDecay(cfg.learning_rate, total_steps, int(cfg.warmup * total_steps), cfg.schedule)
+    lr = WarmupDecay(cfg.learning_rate, total_steps, int(cfg.warmup * total_steps),
+                     cfg.lr_schedule)
     clip = {"global_clipnorm": cfg.clipnorm} if cfg.clipnorm else {}
     if cfg.optimizer == "adamw":
         opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay, epsilon=1e-6, **clip)
@@ -116,11 +117,18 @@ def compile_for_classification(model, optimizer, context):
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
-    """Train ``model`` per ``cfg``; returns the history dict (also written to history.json)."""
+def step_plan(context, cfg: FitConfig):
+    """(optimizer steps the fit will run, evaluation periods, steps per period)."""
     global_batch = context.global_batch(cfg.batch_size)
     total = cfg.total_steps(len(context.train), global_batch)
     periods, per_period = cfg.eval_periods(total, context.steps_per_epoch(cfg.batch_size))
+    return periods * per_period, periods, per_period
+
+
+def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
+    """Train ``model`` per ``cfg``; returns the history dict (also written to history.json)."""
+    global_batch = context.global_batch(cfg.batch_size)
+    total, periods, per_period = step_plan(context, cfg)
     optimizer = make_optimizer(cfg, periods * per_period)
     (compile_fn or compile_for_classification)(model, optimizer, context)
     extra = list(callbacks)

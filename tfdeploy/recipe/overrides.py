@@ -49,7 +49,10 @@ def apply_overrides(tree, overrides, locations):
             else:
                 raise RecipeError([(_fmt(path), f"{_fmt(path)} is a value, not a section; "
                                                 f"cannot set {'.'.join(parts[i:])}", where)])
-            locations[path] = where
+        # The new value's location is the override, for everything below it too.
+        for key in [k for k in locations if k[:len(path)] == path]:
+            del locations[key]
+        locations[path] = where
     return tree
 
 

@@ -1,0 +1,91 @@
+"""prune: targets reached exactly for awkward step counts, selection, structured options,
+clear errors for impossible configs."""
+import numpy as np
+import pytest
+
+from tfdeploy.errors import RecipeError, StageError
+from tfdeploy.selection import main_weight
+
+from conftest import stage_context
+
+
+def run_stage(tmp_path, ckpt, *overrides):
+    recipe, context, stages, model = stage_context(tmp_path, ckpt, *overrides)
+    cfg, stage = stages[-1]
+    return stage, stage.run(model, context), context
+
+
+@pytest.mark.parametrize("steps,frequency,schedule", [(37, 10, "polynomial"),
+                                                      (13, 5, "constant"), (9, 100, "polynomial")])
+def test_sparsity_reaches_target_for_awkward_steps(tmp_path, small_bert_dir, steps, frequency,
+                                                   schedule):
+    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+                                f"stages=[{{type: prune, steps: {steps}, frequency: {frequency}, "
+                                f"schedule: {schedule}, final_sparsity: 0.6, min_weights: 0, "
+                                f"exclude: [classifier], batch_size: 8}}]")
+    report = stage.report
+    begin, end, freq = (report["schedule"][k] for k in ("begin", "end", "frequency"))
+    assert (end - begin) % freq == 0 and end <= steps - 1
+    assert set(report["layers"]) == {f"layer_{i}_{n}" for i in range(2) for n in
+                                     ("attention_query", "attention_key", "attention_value",
+                                      "attention_output", "intermediate", "output")}
+    for name, value in report["layers"].items():  # measured from the stripped weights
+        w = main_weight(model.get_layer(name)).numpy()
+        assert abs(np.mean(w == 0) - 0.6) < 0.005 and value == pytest.approx(np.mean(w == 0))
+    assert np.mean(model.get_layer("classifier").kernel.numpy() == 0) < 0.1  # excluded
+    assert not any("prune" in type(l).__name__.lower() for l in model.layers)  # stripped
+
+
+def test_per_pattern_targets_and_m_by_n(tmp_path, small_bert_dir):
+    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+                                "stages=[{type: prune, steps: 6, frequency: 2, min_weights: 0, "
+                                "include: ['layer_.*'], final_sparsity: 0.5, "
+                                "targets: {'layer_1_.*': 0.75}, batch_size: 8}]")
+    assert stage.report["layers"]["layer_0_intermediate"] == pytest.approx(0.5, abs=0.005)
+    assert stage.report["layers"]["layer_1_intermediate"] == pytest.approx(0.75, abs=0.005)
+    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+                                "stages=[{type: prune, steps: 6, frequency: 2, min_weights: 0, "
+                                "include: ['layer_0_intermediate'], m_by_n: [2, 4], "
+                                "batch_size: 8}]")
+    kernel = model.get_layer("layer_0_intermediate").kernel.numpy()  # [in, out]
+    groups = (kernel != 0).reshape(-1, 4, kernel.shape[1])  # 4 consecutive inputs per output
+    assert (groups.sum(axis=1) <= 2).all()
+
+
+def test_impossible_configs(tmp_path, small_bert_dir):
+    from tfdeploy.recipe import load_recipe
+    import os
+    from conftest import ROOT
+    tiny = os.path.join(ROOT, "recipes", "tiny.yaml")
+    for override, path, message in [
+        ("stages=[{type: prune, final_sparsity: 1.0}]", "stages[0].final_sparsity",
+         "is not in [0, 1)"),
+        ("stages=[{type: prune, initial_sparsity: 0.6, final_sparsity: 0.5}]",
+         "stages[0].initial_sparsity", "above final_sparsity"),
+        ("stages=[{type: prune, m_by_n: [4, 2]}]", "stages[0].m_by_n", "0 < M < N"),
+        ("stages=[{type: prune, include: ['(']}]", "stages[0].include[0]", "invalid regex"),
+    ]:
+        with pytest.raises(RecipeError) as err:
+            load_recipe(tiny, [override])
+        problem = err.value.problems[0]
+        assert problem[0] == path and message in problem[1], err.value.format()
+    with pytest.raises(StageError, match="m_by_n: not applicable to Embedding"):
+        run_stage(tmp_path, small_bert_dir, "stages=[{type: prune, layer_types: [embedding], "
+                                            "m_by_n: [2, 4], steps: 4}]")
+    with pytest.raises(StageError, match="input dimension 2 is not divisible by 4"):
+        select_m_by_n_on_narrow_layer()
+    with pytest.raises(StageError, match="no layer selected"):
+        run_stage(tmp_path, small_bert_dir, "stages=[{type: prune, include: [nothing], "
+                                            "steps: 4}]")
+
+
+def select_m_by_n_on_narrow_layer():
+    """m_by_n on a layer whose input dimension (2) N (4) does not divide."""
+    import tf_keras as keras
+    from tfdeploy.recipe.validate import validate
+    from tfdeploy.stages import STAGES
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(8, name="d")(inputs))
+    cfg = validate(STAGES.get("prune").Config, {"type": "prune", "m_by_n": [1, 4],
+                                                "min_weights": 0}, {})
+    STAGES.get("prune")(cfg).chosen(model)

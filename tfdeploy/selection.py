@@ -1,0 +1,78 @@
+"""Which layers an optimization stage touches, and why it skips the others.
+
+Used by prune, cluster and qat alike, and by ``--dry_run`` to print the plan per layer.
+"""
+import dataclasses
+import re
+from typing import List, Literal
+
+import numpy as np
+import tf_keras as keras
+
+from tfdeploy.recipe.fields import field
+
+TYPES = {"dense": (keras.layers.Dense,),
+         "conv": (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D),
+         "embedding": (keras.layers.Embedding,)}
+
+
+@dataclasses.dataclass(kw_only=True)
+class LayerSelection:
+    include: List[str] = field(factory=lambda: [".*"], doc="Layer-name regexes (full match) "
+                                                          "the stage may touch.")
+    exclude: List[str] = field(factory=list, doc="Layer-name regexes to leave alone.")
+    layer_types: List[Literal["dense", "conv", "embedding"]] = field(
+        factory=lambda: ["dense", "conv"], doc="Kinds of layers the stage applies to.")
+    min_weights: int = field(1024, ge=0, doc="Skip layers whose main weight has fewer "
+                                             "elements (tiny layers save nothing).")
+
+    def check(self):
+        for key in ("include", "exclude"):
+            for i, pattern in enumerate(getattr(self, key)):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    yield ((key, i), f"invalid regex {pattern!r}: {e}")
+
+
+def main_weight(layer):
+    """The weight matrix a stage acts on (kernel, depthwise kernel or embedding table)."""
+    for name in ("kernel", "depthwise_kernel", "embeddings"):
+        if hasattr(layer, name):
+            return getattr(layer, name)
+    return None
+
+
+def plan(model, cfg: LayerSelection, extra_check=None):
+    """[(layer, chosen: bool, reason)] for every layer with weights."""
+    types = tuple(t for kind in cfg.layer_types for t in TYPES[kind])
+    out = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        name = layer.name
+        weight = main_weight(layer)
+        if not isinstance(layer, types):
+            out.append((layer, False, f"skipped: {type(layer).__name__} is not one of "
+                                      f"{', '.join(cfg.layer_types)}"))
+        elif not any(re.fullmatch(p, name) for p in cfg.include):
+            out.append((layer, False, "skipped: not matched by include"))
+        elif any(re.fullmatch(p, name) for p in cfg.exclude):
+            out.append((layer, False, "skipped: excluded by pattern"))
+        elif weight is None or int(np.prod(weight.shape)) < cfg.min_weights:
+            out.append((layer, False, f"skipped: too small (< {cfg.min_weights} weights)"))
+        else:
+            reason = extra_check(layer) if extra_check else None
+            out.append((layer, reason is None, reason or ""))
+    return out
+
+
+def sparsity_report(model, names):
+    """Measured zeros per layer (main weight) and overall, from the actual weights."""
+    layers, zeros, total = {}, 0, 0
+    for name in names:
+        w = main_weight(model.get_layer(name)).numpy()
+        z = int(np.count_nonzero(w == 0))
+        layers[name] = round(z / w.size, 6)
+        zeros, total = zeros + z, total + w.size
+    return {"sparsity": round(zeros / total, 6) if total else 0.0, "layers": layers}

@@ -1,0 +1,190 @@
+"""`prune`: magnitude (TFMOT) or gradient-based pruning on a schedule, then stripped.
+
+TFMOT only updates masks when ``(step - begin) % frequency == 0``, so an end step that the
+frequency does not divide never reaches the final sparsity; the end step is aligned down
+to the last step it does divide, and the measured sparsity is checked after the stage.
+"""
+import dataclasses
+import re
+from typing import Dict, List, Literal, Optional
+
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from tfdeploy.errors import StageError
+from tfdeploy.recipe.fields import StageConfig, field
+from tfdeploy.selection import LayerSelection, main_weight, plan, sparsity_report
+from tfdeploy.stages import STAGES, Stage
+from tfdeploy.training import FitConfig, fit, step_plan
+
+
+@dataclasses.dataclass(kw_only=True)
+class ScheduleConfig:
+    schedule: Literal["polynomial", "constant"] = field(
+        "polynomial", doc="polynomial: sparsity rises from initial to final (power 3); "
+                          "constant: final sparsity from begin on.")
+    initial_sparsity: float = field(0.0, ge=0, lt=1, doc="Sparsity at the begin step.")
+    final_sparsity: float = field(0.5, ge=0, lt=1, doc="Sparsity reached at the end step.")
+    begin_step: int = field(0, ge=0, doc="First pruning step.", unit="steps")
+    end_step: int = field(-1, ge=-1, doc="Step the final sparsity is reached; -1 = 80% of "
+                                         "the stage (the rest recovers accuracy).",
+                          unit="steps")
+    begin_epoch: Optional[float] = field(None, ge=0, doc="begin_step given in epochs "
+                                                         "(converted with the global batch).",
+                                         unit="epochs")
+    end_epoch: Optional[float] = field(None, gt=0, doc="end_step given in epochs.",
+                                       unit="epochs")
+    frequency: int = field(100, ge=1, doc="Steps between mask updates.", unit="steps")
+
+    def check(self):
+        if self.initial_sparsity > self.final_sparsity:
+            yield ("initial_sparsity", f"{self.initial_sparsity} is above final_sparsity "
+                                       f"{self.final_sparsity}")
+
+
+def schedule_steps(cfg, context, total):
+    """(begin, end, frequency) in steps, end aligned so the final sparsity is reached."""
+    per_epoch = len(context.train) / context.global_batch(cfg.batch_size)
+    begin = round(cfg.begin_epoch * per_epoch) if cfg.begin_epoch is not None else cfg.begin_step
+    end = round(cfg.end_epoch * per_epoch) if cfg.end_epoch is not None else cfg.end_step
+    if end < 0:
+        end = max(begin + 1, int(total * 0.8))
+    end = min(end, total - 1)  # the last step a mask update can happen in this stage
+    if end <= begin:
+        raise StageError(f"pruning schedule: end step {end} is not after begin step {begin} "
+                         f"(the stage has {total} steps)")
+    frequency = min(cfg.frequency, end - begin)
+    end = begin + (end - begin) // frequency * frequency  # TFMOT prunes on these steps only
+    return begin, end, frequency
+
+
+def make_schedule(cfg, begin, end, frequency, final=None):
+    final = cfg.final_sparsity if final is None else final
+    if cfg.schedule == "constant":
+        return tfmot.sparsity.keras.ConstantSparsity(final, begin, end, frequency)
+    return tfmot.sparsity.keras.PolynomialDecay(cfg.initial_sparsity, final, begin, end,
+                                                frequency=frequency)
+
+
+@STAGES.register("prune")
+class Prune(Stage):
+    @dataclasses.dataclass(kw_only=True)
+    class Config(StageConfig, FitConfig, ScheduleConfig, LayerSelection):
+        """Pruning with fine-tuning. Fit fields (epochs, learning_rate, ...) as in train."""
+
+        targets: Dict[str, float] = field(factory=dict, doc="Per-layer final sparsity: "
+                                                            "name regex -> sparsity (first "
+                                                            "match wins).")
+        block_size: List[int] = field(factory=lambda: [1, 1], doc="Prune blocks of this "
+                                                                  "shape (structured).")
+        m_by_n: Optional[List[int]] = field(None, doc="Structured M-of-N sparsity, e.g. "
+                                                      "[2, 4]; overrides the sparsity "
+                                                      "targets.")
+        policy: Literal["none", "xnnpack"] = field("none", doc="xnnpack: "
+                                                               "PruneForLatencyOnXNNPack "
+                                                               "(CNNs).")
+        criterion: Literal["magnitude"] = field(
+            "magnitude", doc="magnitude: TFMOT's |w| (gradient-based criteria: planned).")
+        learning_rate: float = field(3e-5, gt=0, doc="Peak learning rate.")
+
+        def check(self):
+            yield from ScheduleConfig.check(self)
+            yield from LayerSelection.check(self)
+            for pattern, value in self.targets.items():
+                if not 0 <= value < 1:
+                    yield (("targets", pattern), f"{value} is not in [0, 1)")
+            if self.m_by_n is not None and (len(self.m_by_n) != 2 or not
+                                            0 < self.m_by_n[0] < self.m_by_n[1]):
+                yield ("m_by_n", f"{self.m_by_n} is not [M, N] with 0 < M < N")
+            if len(self.block_size) != 2 or min(self.block_size) < 1:
+                yield ("block_size", f"{self.block_size} is not [rows, cols] >= 1")
+
+    def _cannot(self, layer):
+        cfg = self.config
+        if cfg.m_by_n:
+            weight = main_weight(layer)
+            n = cfg.m_by_n[1]
+            if isinstance(layer, keras.layers.Embedding) or len(weight.shape) < 2:
+                return f"m_by_n: not applicable to {type(layer).__name__}"
+            if weight.shape[-2] % n:
+                return f"m_by_n: input dimension {weight.shape[-2]} is not divisible by {n}"
+        return None
+
+    def target(self, name):
+        for pattern, value in self.config.targets.items():
+            if re.fullmatch(pattern, name):
+                return value
+        return self.config.final_sparsity
+
+    def preflight(self, model, context):
+        out = []
+        for layer, chosen, reason in plan(model, self.config, self._cannot):
+            what = f"prune to {self.target(layer.name):.0%} ({self.config.criterion})" \
+                if not self.config.m_by_n else f"prune {self.config.m_by_n[0]}:" \
+                                               f"{self.config.m_by_n[1]}"
+            out.append((layer.name, what if chosen else reason))
+        return out
+
+    def chosen(self, model):
+        rows = plan(model, self.config, self._cannot)
+        bad = [f"{l.name}: {r}" for l, ok, r in rows if r.startswith("m_by_n")]
+        if bad:
+            raise StageError("prune: m_by_n cannot apply to " + "; ".join(bad) +
+                             " (exclude these layers)")
+        names = [l.name for l, ok, _ in rows if ok]
+        if not names:
+            raise StageError("prune: no layer selected (check include/exclude/layer_types/"
+                             "min_weights with --dry_run)")
+        return names
+
+    def run(self, model, context):
+        cfg = self.config
+        names = self.chosen(model)
+        total, _, _ = step_plan(context, cfg)
+        begin, end, frequency = schedule_steps(cfg, context, total)
+        print(f"  pruning {len(names)} layers: steps {begin}..{end} every {frequency} "
+              f"(stage: {total} steps)", flush=True)
+        model = self._magnitude(model, context, names, (begin, end, frequency))
+        self.report = sparsity_report(model, names)
+        self.report["schedule"] = {"begin": begin, "end": end, "frequency": frequency}
+        self.verify(names)
+        print(f"  measured sparsity {self.report['sparsity']:.4f}", flush=True)
+        return model
+
+    def _magnitude(self, model, context, names, steps):
+        cfg = self.config
+        begin, end, frequency = steps
+        kwargs = {"block_size": tuple(cfg.block_size)}
+        if cfg.m_by_n:
+            kwargs["sparsity_m_by_n"] = tuple(cfg.m_by_n)
+
+        def wrap(layer):
+            if layer.name in names:
+                schedule = make_schedule(cfg, begin, end, frequency, self.target(layer.name))
+                return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule,
+                                                                **kwargs)
+            return layer
+
+        with context.strategy.scope():
+            if cfg.policy == "xnnpack":
+                schedule = make_schedule(cfg, begin, end, frequency)
+                pruned = tfmot.sparsity.keras.prune_low_magnitude(
+                    model, pruning_schedule=schedule,
+                    pruning_policy=tfmot.sparsity.keras.PruneForLatencyOnXNNPack())
+            else:
+                pruned = keras.models.clone_model(model, clone_function=wrap)
+        callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
+        # Never restore "best" weights from before the final sparsity was reached.
+        fit(pruned, context, dataclasses.replace(cfg, keep_best=False), callbacks)
+        with context.strategy.scope():
+            return tfmot.sparsity.keras.strip_pruning(pruned)
+
+    def verify(self, names):
+        """Fail loudly if the schedule did not reach its targets (e.g. a skipped update)."""
+        cfg = self.config
+        for name in names:
+            got = self.report["layers"][name]
+            want = 1 - cfg.m_by_n[0] / cfg.m_by_n[1] if cfg.m_by_n else self.target(name)
+            if got + 0.005 < want:
+                raise StageError(f"prune: layer {name} reached sparsity {got:.4f}, target "
+                                 f"{want:.4f} (schedule {self.report['schedule']})")
