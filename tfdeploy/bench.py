@@ -75,12 +75,12 @@ def gzip_size(path):
     return total
 
 
-def benchmark(artifacts, s: Settings, reference="savedmodel"):
+def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=synthetic_inputs):
     """Latency records per artifact and batch size; ratios to ``reference`` (if present)."""
     runners = {a.name: a.runner(s.threads) for a in artifacts}
     results = {}
     for batch in s.batch_sizes:
-        inputs = synthetic_inputs(batch, s.seq_length)
+        inputs = make_inputs(batch, s.seq_length)
         stats = measure(runners, inputs, s)
         base = stats.get(reference) or stats[artifacts[0].name]
         for name, st in stats.items():

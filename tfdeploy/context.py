@@ -19,6 +19,7 @@ class Context:
     stage_dir: str = ""
     is_chief: bool = True
     stage_started: float = 0.0
+    previous_stages: list = dataclasses.field(default_factory=list)  # types run before
 
     @property
     def seed(self):

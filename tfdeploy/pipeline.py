@@ -5,6 +5,7 @@ Each stage's output is keyed by a hash of its config and its input's hash. With
 first changed or unfinished stage and everything after it run again.
 """
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import yaml
 from tfdeploy import checkpoint, evaluate, models, report, stages, strategy as strategies
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
-from tfdeploy.data.pipeline import EncodedSplit
+from tfdeploy.data.pipeline import encode_split
 from tfdeploy.errors import GateError, StageError, TfdeployError
 from tfdeploy.recipe.schema import to_dict
 from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment, fingerprint,
@@ -51,10 +52,9 @@ def prepare(recipe, opts):
     source = data_plugins.create(recipe.data, recipe.seed)
     task = source.load()
     plugin = models.create(recipe.model, task.num_labels)
-    cfg = recipe.data
-    train = EncodedSplit(plugin, task.train, cfg.max_length, cfg.buckets)
-    validation = EncodedSplit(plugin, task.validation.take(recipe.evaluate.max_examples),
-                              cfg.max_length, cfg.buckets)
+    train = encode_split(plugin, task.train, recipe.data)
+    validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
+                              recipe.data)
     chosen = select_stages(recipe, opts)
     context = Context(recipe, strategy, info, plugin, task, train, validation, run_dir="",
                       is_chief=strategies.is_chief(strategy))
@@ -71,7 +71,8 @@ def preflight(context, stage_list):
           f"{len(model.layers)} layers")
     print(f"strategy: {context.strategy_info['strategy']} "
           f"({context.strategy_info['replicas']} replica(s))")
-    for cfg, stage in stage_list:
+    for index, (cfg, stage) in enumerate(stage_list):
+        context.previous_stages = [c.type for c, _ in stage_list[:index]]
         print(f"stage {cfg.name} ({cfg.type}):")
         for layer, action in stage.preflight(model, context):
             print(f"  {layer:40s} {action}")
@@ -86,12 +87,17 @@ def choose_run_dir(recipe, opts):
     return os.path.join(root, recipe.name, new_run_id()), runs
 
 
-def find_cached(stage_dir_name, digest, run_dirs):
-    for run_dir in reversed(run_dirs):
-        candidate = os.path.join(run_dir, stage_dir_name)
-        if is_finished(candidate, digest):
-            return candidate
-    return None
+def find_cached(digest, root):
+    """A finished stage output with this hash in any run under ``root`` (newest first).
+
+    The hash covers the stage's config and everything upstream (model, data, seed, earlier
+    stages), so a recipe that extends another reuses the stages they share."""
+    found = []
+    for done in glob.glob(os.path.join(root, "*", "*", "*", STAGE_DONE)):
+        stage_dir = os.path.dirname(done)
+        if is_finished(stage_dir, digest):
+            found.append((os.path.getmtime(done), stage_dir))
+    return max(found)[1] if found else None
 
 
 def is_finished(stage_dir, digest):
@@ -110,18 +116,18 @@ def run(recipe, opts, resolved_tree=None):
         preflight(context, stage_list)
         print("dry run: nothing trained or written")
         return None
-    run_dir, earlier = choose_run_dir(recipe, opts)
+    run_dir, _ = choose_run_dir(recipe, opts)
     if not context.is_chief:  # workers train in step with the chief but keep nothing
         run_dir = tempfile.mkdtemp(prefix="tfdeploy-worker-")
     context.run_dir = run_dir
     try:
-        return _run(recipe, opts, context, stage_list, earlier)
+        return _run(recipe, opts, context, stage_list)
     finally:
         if not context.is_chief:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(recipe, opts, context, stage_list, earlier):
+def _run(recipe, opts, context, stage_list):
     run_dir = context.run_dir
     os.makedirs(run_dir, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
@@ -133,28 +139,31 @@ def _run(recipe, opts, context, stage_list, earlier):
         model = context.plugin.build()
     records, started = [], time.time()
     reached_start = not opts.start_from
-    custom_objects, scopes = {}, []
+    scopes = []
     for index, (cfg, stage) in enumerate(stage_list):
         digest = fingerprint(digest, to_dict(cfg))
         reached_start = reached_start or cfg.name == opts.start_from
         context.stage_dir = os.path.join(run_dir, f"{index}-{cfg.name}")
-        custom_objects.update(stage.custom_objects())
+        scopes.extend(stage.load_scopes())
+        context.previous_stages = [c.type for c, _ in stage_list[:index]]
         cached = None
         if opts.resume and is_finished(context.stage_dir, digest):
             cached = context.stage_dir
-        elif not reached_start:
-            cached = find_cached(os.path.basename(context.stage_dir), digest, earlier)
-            if cached is None:
+        elif opts.resume or not reached_start:
+            cached = find_cached(digest, opts.output_dir or recipe.output.dir)
+            if cached is None and not reached_start:
                 raise TfdeployError(f"--from {opts.start_from}: stage {cfg.name!r} has no "
                                     f"finished output with the same config in earlier runs; "
                                     f"run it first")
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
-            model = checkpoint.load(cached, context.strategy, custom_objects)
+            model = checkpoint.load(cached, context.strategy, scopes=scopes)
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
+            if context.is_chief and cached != context.stage_dir:
+                atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
             continue
-        model = run_stage(stage, cfg, model, context, digest, custom_objects)
+        model = run_stage(stage, cfg, model, context, digest)
         rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
         if getattr(stage, "report", None):
             rec["stage_report"] = stage.report
@@ -184,13 +193,18 @@ def _run(recipe, opts, context, stage_list, earlier):
     return summary
 
 
-def run_stage(stage, cfg, model, context, digest, custom_objects):
+def run_stage(stage, cfg, model, context, digest):
     stage_dir = context.stage_dir
     started = os.path.join(stage_dir, "started.json")
     if os.path.exists(started):
         with open(started) as f:
-            if json.load(f).get("hash") != digest:
-                shutil.rmtree(stage_dir)  # a different config: its backups are not ours
+            previous = json.load(f).get("hash")
+        if previous != digest:
+            if os.path.exists(os.path.join(stage_dir, STAGE_DONE)):
+                # A finished output of another config stays a cache entry, never deleted.
+                os.replace(stage_dir, f"{stage_dir}.{previous}")
+            else:
+                shutil.rmtree(stage_dir)  # unfinished, another config: its backups are not ours
     os.makedirs(stage_dir, exist_ok=True)
     atomic_write_json(started, {"hash": digest})
     print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
@@ -204,6 +218,7 @@ def run_stage(stage, cfg, model, context, digest, custom_objects):
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
     if context.is_chief:
         checkpoint.save(model, stage_dir)
+        shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # finished
     return model
 
 
@@ -220,7 +235,8 @@ def export_all(recipe, context, model, stage_name, records):
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
     pruned = any(s.type == "prune" for s in recipe.stages)
-    artifacts = export_artifacts(recipe, context, model, sparse=pruned)
+    qat = any(s.type == "qat" for s in recipe.stages)
+    artifacts = export_artifacts(recipe, context, model, sparse=pruned, qat=qat)
     for artifact in artifacts:
         rec = evaluate.evaluate_artifact(artifact, context, stage_name, reference, ev.threads)
         if artifact.runtime == "litert" and not (pruned and artifact.name == "tflite_fp32"):
@@ -242,7 +258,8 @@ def export_all(recipe, context, model, stage_name, records):
                                   b.warmup_seconds, b.runs, b.seconds)
         print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
               f"seq {b.seq_length}, {b.threads} threads", flush=True)
-        latency = bench.benchmark(artifacts, settings)
+        latency = bench.benchmark(artifacts, settings,
+                                  make_inputs=context.plugin.synthetic_inputs)
         for rec in records[-len(artifacts):]:
             rec["latency"] = latency[rec["artifact"]]
             rec["latency_settings"] = {"seq_length": b.seq_length, "threads": b.threads}

@@ -73,7 +73,9 @@ class DataPlugin:
         if cfg.max_train_examples and cfg.max_train_examples < len(train):
             order = np.random.default_rng(self.seed).permutation(len(train))
             order = order[:cfg.max_train_examples]
-            train = Split([train.examples[i] for i in order], train.labels[order])
+            examples = train.examples[order] if isinstance(train.examples, np.ndarray) \
+                else [train.examples[i] for i in order]
+            train = Split(examples, train.labels[order])
         return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names)
 
 

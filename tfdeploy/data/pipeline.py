@@ -104,3 +104,66 @@ class EncodedSplit:
         """Eval batches as numpy feature dicts, for runtimes other than TF."""
         for idx, batch in self.eval_batches(global_batch):
             yield idx, {k: np.asarray(v) for k, v in self.plugin.features(batch).items()}
+
+    def representative(self, count=100, seed=0):
+        """Calibration samples (one example per step) drawn from this split, each padded to
+        the longest bucket: the calibrator cannot resize between samples of different
+        lengths, and padding is masked out anyway."""
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(self), size=min(count, len(self)), replace=False)
+        length = self.boundaries[-1]
+
+        def gen():
+            for i in picks:
+                ids = np.zeros((1, length), np.int32)
+                seq = self.ids(i)
+                ids[0, :len(seq)] = seq
+                yield {k: np.asarray(v) for k, v in self.plugin.features(ids).items()}
+
+        return gen
+
+
+class DenseSplit:
+    """One split of fixed-shape inputs (e.g. images): no bucketing needed."""
+
+    def __init__(self, plugin, split):
+        self.plugin = plugin
+        self.inputs = plugin.encode(split.examples, None)  # {name: ndarray}
+        self.labels = np.asarray(split.labels, np.int32)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def train_dataset(self, global_batch, seed, shuffle=True, repeat=True):
+        ds = tf.data.Dataset.from_tensor_slices((self.inputs, self.labels))
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+    def eval_dataset(self, global_batch, with_labels=False):
+        ds = tf.data.Dataset.from_tensor_slices((self.inputs, self.labels) if with_labels
+                                                else self.inputs)
+        return ds.batch(global_batch).prefetch(AUTOTUNE), np.arange(len(self))
+
+    def numpy_batches(self, global_batch):
+        for start in range(0, len(self), global_batch):
+            idx = np.arange(start, min(start + global_batch, len(self)))
+            yield idx, {k: v[idx] for k, v in self.inputs.items()}
+
+    def representative(self, count=100, seed=0):
+        picks = np.random.default_rng(seed).choice(len(self), min(count, len(self)), False)
+
+        def gen():
+            for i in picks:
+                yield {k: v[i:i + 1] for k, v in self.inputs.items()}
+
+        return gen
+
+
+def encode_split(plugin, split, data_cfg):
+    """The split in the form the model reads: token sequences (bucketed) or dense arrays."""
+    if getattr(plugin, "sequence_input", False):
+        return EncodedSplit(plugin, split, data_cfg.max_length, data_cfg.buckets)
+    return DenseSplit(plugin, split)

@@ -63,7 +63,7 @@ def dir_size(path):
                for f in files)
 
 
-def export_artifacts(recipe, context, model, sparse=False):
+def export_artifacts(recipe, context, model, sparse=False, qat=False):
     """Write every format in ``recipe.export.formats``; return the Artifacts in that order."""
     from tfdeploy.export import onnx, savedmodel, tflite
 
@@ -79,8 +79,9 @@ def export_artifacts(recipe, context, model, sparse=False):
     folder = os.path.join(context.run_dir, "artifacts")
     for fmt in formats:
         if fmt.startswith("tflite"):
-            rep = tflite.representative_dataset(context.train, cfg.calibration_examples,
-                                                recipe.seed) if fmt == "tflite_int8" else None
+            # A QAT model carries its own learned ranges: no calibration.
+            rep = context.train.representative(cfg.calibration_examples, recipe.seed) \
+                if fmt == "tflite_int8" and not qat else None
             path = os.path.join(folder, f"{recipe.name}.{fmt}.tflite")
             out.append(Artifact(fmt, tflite.export(saved, fmt, path, rep, sparse)))
     onnx_formats = [f for f in formats if f.startswith("onnx")]

@@ -93,7 +93,9 @@ def quantize(src_path, dst_path):
 def export(model, input_specs, fp32_path, int8_path=None, opset=17, num_heads=0,
            hidden_size=0):
     """Write onnx_fp32 (and onnx_int8 if asked); return the paths written."""
-    proto = optimize(convert(model, input_specs, opset), num_heads, hidden_size)
+    proto = convert(model, input_specs, opset)
+    if num_heads:  # the transformer optimizer only knows transformer patterns
+        proto = optimize(proto, num_heads, hidden_size)
     atomic_write_bytes(fp32_path, proto.SerializeToString())
     written = [fp32_path]
     if int8_path:
@@ -113,9 +115,12 @@ def session(path, threads=2):
 
 def runner(path, threads=2):
     sess = session(path, threads)
-    names = [i.name for i in sess.get_inputs()]
+    types = {"tensor(int32)": np.int32, "tensor(float)": np.float32,
+             "tensor(int64)": np.int64}
+    inputs = {i.name: types.get(i.type, np.float32) for i in sess.get_inputs()}
 
     def run(features):
-        return sess.run(["logits"], {n: np.asarray(features[n], np.int32) for n in names})[0]
+        return sess.run(["logits"], {n: np.asarray(features[n], t)
+                                     for n, t in inputs.items()})[0]
 
     return run

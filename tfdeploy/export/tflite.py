@@ -18,7 +18,8 @@ VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic_int8", "tflite_int8")
 
 
 def convert(saved_model_dir, variant, representative=None, sparse=False):
-    """Bytes of the .tflite flatbuffer for one variant."""
+    """Bytes of the .tflite flatbuffer for one variant (tflite_int8 without a
+    representative dataset: a QAT model, converted with its learned ranges)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["serving_default"])
     optimizations = []
     if variant != "tflite_fp32":
@@ -28,9 +29,7 @@ def convert(saved_model_dir, variant, representative=None, sparse=False):
     converter.optimizations = optimizations
     if variant == "tflite_fp16":
         converter.target_spec.supported_types = [tf.float16]
-    elif variant == "tflite_int8":
-        if representative is None:
-            raise ValueError("full int8 needs a representative dataset")
+    elif variant == "tflite_int8" and representative is not None:
         converter.representative_dataset = representative
         # int8 kernels where they exist; the rest (e.g. int32 id inputs, gather) stays float.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
@@ -52,31 +51,13 @@ def interpreter(path, threads=2):
 def runner(path, threads=2):
     """A callable: dict of numpy inputs -> logits (numpy), resizing to each batch's shape."""
     runner = interpreter(path, threads).get_signature_runner("serving_default")
+    dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
 
     def run(features):
-        return runner(**{k: np.asarray(v, np.int32) for k, v in features.items()})["logits"]
+        return runner(**{k: np.asarray(v, dtypes[k]) for k, v in features.items()})["logits"]
 
     return run
 
-
-
-def representative_dataset(split, count=100, seed=0):
-    """Calibration samples (one example per step) drawn from the training split.
-
-    Each is padded to the longest bucket: the calibrator cannot resize between samples
-    of different lengths, and padding is masked out anyway."""
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(len(split), size=min(count, len(split)), replace=False)
-    length = split.boundaries[-1]
-
-    def gen():
-        for i in picks:
-            ids = np.zeros((1, length), np.int32)
-            seq = split.ids(i)
-            ids[0, :len(seq)] = seq
-            yield {k: np.asarray(v) for k, v in split.plugin.features(ids).items()}
-
-    return gen
 
 
 def weight_stats(path):
@@ -97,3 +78,18 @@ def weight_stats(path):
             total += value.size
             zeros += int(np.count_nonzero(value == 0))
     return {"matmul_weights": total, "sparsity": zeros / total if total else 0.0}
+
+
+def weight_tensors(path):
+    """[(shape, values)] of the matmul/conv weight constants in a .tflite file."""
+    interp = interpreter(path, 1)
+    weight_ops = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"}
+    out = []
+    for op in interp._get_ops_details():  # no public API lists an op's constant inputs
+        if op["op_name"] in weight_ops and len(op["inputs"]) > 1:
+            try:
+                value = interp.get_tensor(int(op["inputs"][1]))
+            except ValueError:
+                continue
+            out.append((tuple(value.shape), value))
+    return out

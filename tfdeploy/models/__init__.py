@@ -36,6 +36,10 @@ class ModelPlugin:
     def input_specs(self):
         raise NotImplementedError
 
+    def synthetic_inputs(self, batch, seq_length, seed=0):
+        """Inputs shaped like real ones, for latency benchmarks."""
+        raise NotImplementedError
+
 
 def create(config, num_labels):
     return MODELS.get(config.type)(config, num_labels)

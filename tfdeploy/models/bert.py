@@ -22,7 +22,8 @@ from tfdeploy.errors import CheckpointError
 from tfdeploy.models import MODELS, ModelPlugin
 from tfdeploy.models import checkpoints
 from tfdeploy.models.bert_layers import (AttentionMaskBias, ClsPooling, MaskedMeanPooling,
-                                         PositionEmbedding, SelfAttention)
+                                         PositionEmbedding, RowsToTokens, SelfAttention,
+                                         TokensToRows)
 from tfdeploy.recipe.fields import ModelConfig, field
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -69,7 +70,8 @@ def bert_inputs():
 
 
 def encoder_graph(inputs, cfg: BertConfig):
-    """Wire the encoder on ``inputs``; returns the last hidden state tensor."""
+    """Wire the encoder on ``inputs``; returns the last hidden state as token rows
+    ``[batch * seq, hidden]`` (see bert_layers for why rows)."""
     def dense(units, name):
         return keras.layers.Dense(units, name=name, kernel_initializer=keras.initializers.
                                   TruncatedNormal(stddev=0.02))
@@ -82,6 +84,7 @@ def encoder_graph(inputs, cfg: BertConfig):
     types = keras.layers.Embedding(cfg.type_vocab_size, cfg.hidden_size,
                                    name="embeddings_token_type")(inputs["token_type_ids"])
     x = keras.layers.Add(name="embeddings_sum")([words, positions, types])
+    x = TokensToRows(name="embeddings_rows")(x)
     x = keras.layers.LayerNormalization(epsilon=eps, name="embeddings_layernorm")(x)
     x = keras.layers.Dropout(cfg.hidden_dropout_prob, name="embeddings_dropout")(x)
     bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])
@@ -107,7 +110,9 @@ def encoder_graph(inputs, cfg: BertConfig):
 
 def build_encoder(cfg: BertConfig, name="bert_encoder"):
     inputs = bert_inputs()
-    return keras.Model(inputs, encoder_graph(inputs, cfg), name=name)
+    hidden = RowsToTokens(name="last_hidden_state")([encoder_graph(inputs, cfg),
+                                                      inputs["attention_mask"]])
+    return keras.Model(inputs, hidden, name=name)
 
 
 def build_classifier(cfg: BertConfig, num_labels, pooling="mean", dropout=0.1,
@@ -115,10 +120,8 @@ def build_classifier(cfg: BertConfig, num_labels, pooling="mean", dropout=0.1,
     """One flat functional model (no nested models, so TFMOT's clone sees every layer)."""
     inputs = bert_inputs()
     hidden = encoder_graph(inputs, cfg)
-    if pooling == "mean":
-        pooled = MaskedMeanPooling(name="pooling")([hidden, inputs["attention_mask"]])
-    else:
-        pooled = ClsPooling(name="pooling")(hidden)
+    pool = MaskedMeanPooling if pooling == "mean" else ClsPooling
+    pooled = pool(name="pooling")([hidden, inputs["attention_mask"]])
     pooled = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)
     logits = keras.layers.Dense(num_labels, name="classifier",
                                 kernel_initializer=keras.initializers.TruncatedNormal(
@@ -288,6 +291,8 @@ def from_pretrained(name_or_path, layers=None):
 class Bert(ModelPlugin):
     """BERT sequence classifier: pretrained encoder + pooling + dropout + dense head."""
 
+    sequence_input = True  # token ids: batches are bucketed by length
+
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         checkpoint: Optional[str] = field(
@@ -345,6 +350,10 @@ class Bert(ModelPlugin):
         return {"input_ids": ids,
                 "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
                 "token_type_ids": tf.zeros_like(ids)}
+
+    def synthetic_inputs(self, batch, seq_length, seed=0):
+        from tfdeploy.bench import synthetic_inputs
+        return synthetic_inputs(batch, seq_length, self.bert_config.vocab_size, seed)
 
     def attention_shape(self):
         """(heads, hidden) for ONNX Runtime's attention fusion."""

@@ -1,5 +1,11 @@
 """The few BERT pieces Keras has no layer for. None of them holds a matmul weight, so TFMOT
-sees every prunable/quantizable matrix as a plain ``Dense`` or ``Embedding``."""
+sees every prunable/quantizable matrix as a plain ``Dense`` or ``Embedding``.
+
+Between the embeddings and the output the encoder works on token *rows*, ``[batch * seq,
+hidden]``: every Dense is then a 2-D matmul with its bias fused, which is what the TFLite
+converter needs to emit an int8 FULLY_CONNECTED from QAT ranges (on 3-D inputs Keras
+computes ``tensordot`` + a separate bias add, and the matmul stays float).
+"""
 import math
 
 import tensorflow as tf
@@ -43,27 +49,46 @@ class AttentionMaskBias(keras.layers.Layer):
 
 
 @register
+class TokensToRows(keras.layers.Layer):
+    """[batch, seq, hidden] -> [batch * seq, hidden]."""
+
+    def call(self, x):
+        return tf.reshape(x, [-1, x.shape[-1]])
+
+
+@register
+class RowsToTokens(keras.layers.Layer):
+    """[batch * seq, hidden] -> [batch, seq, hidden], shaped like the [batch, seq] mask."""
+
+    def call(self, inputs):
+        rows, mask = inputs
+        return tf.reshape(rows, [tf.shape(mask)[0], tf.shape(mask)[1], rows.shape[-1]])
+
+
+@register
 class SelfAttention(keras.layers.Layer):
-    """Scaled dot-product attention over already projected Q, K, V (split into heads here)."""
+    """Scaled dot-product attention over projected Q, K, V token rows (heads split here);
+    the mask bias [batch, 1, 1, seq] gives the batch and sequence sizes."""
 
     def __init__(self, num_heads, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.dropout = num_heads, dropout
         self.drop = keras.layers.Dropout(dropout)
 
-    def _heads(self, x):
-        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
-        x = tf.reshape(x, [batch, seq, self.num_heads, x.shape[-1] // self.num_heads])
-        return tf.transpose(x, [0, 2, 1, 3])
-
     def call(self, inputs, training=None):
         q, k, v, bias = inputs
+        batch, seq = tf.shape(bias)[0], tf.shape(bias)[3]
         head_dim = q.shape[-1] // self.num_heads
-        scores = tf.matmul(self._heads(q), self._heads(k), transpose_b=True)
+
+        def heads(x):
+            x = tf.reshape(x, [batch, seq, self.num_heads, head_dim])
+            return tf.transpose(x, [0, 2, 1, 3])
+
+        scores = tf.matmul(heads(q), heads(k), transpose_b=True)
         scores = scores / math.sqrt(head_dim) + tf.cast(bias, scores.dtype)
         probs = self.drop(tf.nn.softmax(scores, axis=-1), training=training)
-        context = tf.transpose(tf.matmul(probs, self._heads(v)), [0, 2, 1, 3])
-        return tf.reshape(context, [tf.shape(q)[0], tf.shape(q)[1], q.shape[-1]])
+        context = tf.transpose(tf.matmul(probs, heads(v)), [0, 2, 1, 3])
+        return tf.reshape(context, [-1, q.shape[-1]])
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "dropout": self.dropout}
@@ -74,7 +99,8 @@ class MaskedMeanPooling(keras.layers.Layer):
     """Mean of the hidden states over real (unmasked) tokens, as sentence-transformers does."""
 
     def call(self, inputs):
-        hidden, mask = inputs
+        rows, mask = inputs
+        hidden = tf.reshape(rows, [tf.shape(mask)[0], tf.shape(mask)[1], rows.shape[-1]])
         mask = tf.expand_dims(tf.cast(mask, hidden.dtype), -1)
         return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(
             tf.reduce_sum(mask, axis=1), 1e-9)
@@ -84,5 +110,14 @@ class MaskedMeanPooling(keras.layers.Layer):
 class ClsPooling(keras.layers.Layer):
     """The hidden state of the first ([CLS]) token."""
 
-    def call(self, hidden):
+    def call(self, inputs):
+        rows, mask = inputs
+        hidden = tf.reshape(rows, [tf.shape(mask)[0], tf.shape(mask)[1], rows.shape[-1]])
         return hidden[:, 0]
+
+
+def custom_objects():
+    """By plain class name too: TFMOT wrappers deserialize inner layers without package."""
+    return {cls.__name__: cls for cls in (PositionEmbedding, AttentionMaskBias, TokensToRows,
+                                          RowsToTokens, SelfAttention, MaskedMeanPooling,
+                                          ClsPooling)}

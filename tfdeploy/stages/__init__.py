@@ -25,9 +25,9 @@ class Stage:
         """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
         return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]
 
-    def custom_objects(self):
-        """Extra classes needed to load this stage's saved model (e.g. QAT wrappers)."""
-        return {}
+    def load_scopes(self):
+        """Context managers needed to load this stage's saved model (e.g. QAT wrappers)."""
+        return []
 
 
 def create(config):

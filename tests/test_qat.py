@@ -1,0 +1,63 @@
+"""qat on a small BERT: matmuls int8, LayerNorm/softmax/GELU float, a valid int8 TFLite;
+chained prune -> qat keeps the sparsity (prune-preserving scheme chosen automatically)."""
+import numpy as np
+
+from tfdeploy.export import savedmodel, tflite
+
+from conftest import stage_context
+
+
+def run_chain(tmp_path, ckpt, stages):
+    recipe, context, chain, model = stage_context(tmp_path, ckpt, f"stages={stages}")
+    for index, (cfg, stage) in enumerate(chain):
+        context.previous_stages = [c.type for c, _ in chain[:index]]
+        model = stage.run(model, context)
+    return context, chain, model
+
+
+def features(ids):
+    ids = np.asarray(ids, np.int32)
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32),
+            "token_type_ids": np.zeros_like(ids)}
+
+
+def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
+    context, chain, model = run_chain(tmp_path, small_bert_dir,
+                                      "[{type: qat, steps: 6, batch_size: 8}]")
+    wrapped = {l.name: type(l.quantize_config).__name__ for l in model.layers
+               if type(l).__name__ == "QuantizeWrapperV2"}
+    for name in ("layer_0_attention_query", "layer_1_output", "classifier"):
+        assert wrapped["quant_" + name] == "Default8BitQuantizeConfig"  # int8 weights
+    # LayerNorm and softmax-attention stay float; GELU computes in float and only its
+    # output is quantized (it feeds an int8 matmul).
+    assert not any("layernorm" in n or n.endswith("attention") for n in wrapped)
+    assert wrapped.get("quant_layer_0_intermediate_act", "OutputOnlyConfig") == \
+        "OutputOnlyConfig"
+    assert chain[0][1].report["scheme"] == "default"
+    path = savedmodel.export(model, context.plugin.input_specs(), ["n", "p"],
+                             str(tmp_path / "sm"), "qat")
+    out = str(tmp_path / "qat.tflite")
+    tflite.export(path, "tflite_int8", out)  # learned ranges, no calibration
+    interp = tflite.interpreter(out)
+    ops = {op["op_name"] for op in interp._get_ops_details()}
+    fc_weights = [interp.get_tensor(op["inputs"][1]).dtype for op in interp._get_ops_details()
+                  if op["op_name"] == "FULLY_CONNECTED"]
+    assert fc_weights and all(d == np.int8 for d in fc_weights)
+    assert "QUANTIZE" in ops and "DEQUANTIZE" in ops
+    batch = features([[101, 2307, 3185, 102], [101, 2919, 2003, 102]])
+    keras_logits = model(batch).numpy()
+    lite_logits = tflite.runner(out)(batch)
+    assert np.max(np.abs(keras_logits - lite_logits)) < 0.1 * (np.abs(keras_logits).max() + 1)
+
+
+def test_prune_then_qat_preserves_sparsity(tmp_path, small_bert_dir):
+    context, chain, model = run_chain(
+        tmp_path, small_bert_dir,
+        "[{type: prune, steps: 8, frequency: 2, final_sparsity: 0.5, min_weights: 0, "
+        "exclude: [classifier], batch_size: 8}, {type: qat, steps: 6, batch_size: 8, "
+        "learning_rate: 1.0e-3}]")
+    report = chain[1][1].report
+    assert report["scheme"] == "prune_preserve"
+    for name, sparsity in report["sparsity"].items():
+        if name != "classifier":
+            assert sparsity >= 0.495, (name, sparsity)

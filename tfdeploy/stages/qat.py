@@ -1,0 +1,195 @@
+"""`qat`: quantization-aware training (8-bit), transformer-aware and collaborative.
+
+TFMOT's default scheme quantizes whole models of known layers; a BERT also holds
+LayerNorm, softmax and GELU, which have no int8 QuantizeConfig and lose accuracy when
+quantized. Our BERT keeps every matmul weight (Q/K/V/output projections, both FFN
+matrices, the classifier) in its own ``Dense`` layer, so the stage annotates exactly those
+and leaves LayerNorm, softmax and GELU in float; the TFLite converter then emits int8
+fully-connected ops with the learned ranges.
+
+After ``prune`` the prune-preserving scheme keeps the zeros; after ``cluster`` the
+cluster-preserving one keeps the shared values; after both, the sparsity-and-cluster
+preserving one. The stage checks afterwards that the structure survived.
+"""
+import dataclasses
+import os
+import tempfile
+from typing import Literal
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from tfdeploy.errors import StageError
+from tfdeploy.recipe.fields import StageConfig, field
+from tfdeploy.selection import LayerSelection, main_weight, plan
+from tfdeploy.stages import STAGES, Stage
+from tfdeploy.training import FitConfig, fit
+
+SCHEMES = ("auto", "default", "prune_preserve", "cluster_preserve",
+           "sparsity_cluster_preserve")
+
+
+def scheme_for(name, previous):
+    """The TFMOT scheme; ``auto`` picks it from the stage types that ran before."""
+    if name == "auto":
+        pruned, clustered = "prune" in previous, "cluster" in previous
+        name = ("sparsity_cluster_preserve" if pruned and clustered else
+                "cluster_preserve" if clustered else "prune_preserve" if pruned else "default")
+    combine = tfmot.experimental.combine
+    schemes = {
+        "default": tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme,
+        "prune_preserve": combine.Default8BitPrunePreserveQuantizeScheme,
+        "cluster_preserve": lambda: combine.Default8BitClusterPreserveQuantizeScheme(False),
+        "sparsity_cluster_preserve":
+            lambda: combine.Default8BitClusterPreserveQuantizeScheme(True),
+    }
+    return name, schemes[name]()
+
+
+@keras.utils.register_keras_serializable(package="tfdeploy")
+class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Compute in float, fake-quantize the output (8-bit, asymmetric).
+
+    Put on every layer that feeds a quantized Dense (LayerNorm, attention, GELU, pooling,
+    dropout): without a quantized input the converter keeps the matmul in float.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+            num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
+def feeders(model, names):
+    """Layers whose output enters a chosen Dense and that are not chosen themselves."""
+    out = set()
+    for name in names:
+        for node in model.get_layer(name).inbound_nodes:
+            for inbound in node.inbound_layers if isinstance(node.inbound_layers, list) \
+                    else [node.inbound_layers]:
+                if inbound.name not in names and not isinstance(inbound, keras.layers.InputLayer):
+                    out.add(inbound.name)
+    return out
+
+
+def keras_structure(model, names):
+    """Per weight shape (sorted dims): zeros and the most distinct values in one layer."""
+    out = {}
+    for name in names:
+        w = main_weight(model.get_layer(name)).numpy()
+        key = tuple(sorted(w.shape))
+        zeros, unique = out.get(key, (0, 0))
+        out[key] = (zeros + int(np.sum(w == 0)), max(unique, int(np.unique(w).size)))
+    return out
+
+
+def tflite_structure(model, context):
+    """The same, measured in the int8 TFLite file the model converts to: zeros, and the
+    most distinct values in one output channel (int8 scales are per channel)."""
+    from tfdeploy.export import savedmodel, tflite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = savedmodel.export(model, context.plugin.input_specs(), ["x"], tmp, "qat", 1)
+        flat = os.path.join(tmp, "qat.tflite")
+        tflite.export(path, "tflite_int8", flat)
+        out = {}
+        for shape, value in tflite.weight_tensors(flat):
+            key = tuple(sorted(shape))
+            per_channel = value.reshape(shape[0], -1)  # TFLite puts output channels first
+            unique = max(int(np.unique(row).size) for row in per_channel)
+            zeros, most = out.get(key, (0, 0))
+            out[key] = (zeros + int(np.sum(value == 0)), max(most, unique))
+        return out
+
+
+@STAGES.register("qat")
+class QAT(Stage):
+    @dataclasses.dataclass(kw_only=True)
+    class Config(StageConfig, FitConfig, LayerSelection):
+        """Quantization-aware fine-tuning. Fit fields (epochs, learning_rate, ...) as in
+        train."""
+
+        scheme: Literal[SCHEMES] = field(
+            "auto", doc="auto: default 8-bit, or the prune/cluster/sparsity-and-cluster "
+                        "preserving scheme after prune and/or cluster stages.")
+        learning_rate: float = field(2e-5, gt=0, doc="Peak learning rate.")
+        min_weights: int = field(0, ge=0, doc="Skip layers whose main weight has fewer "
+                                              "elements (default: quantize every matmul).")
+
+    def preflight(self, model, context):
+        name, _ = scheme_for(self.config.scheme, getattr(context, "previous_stages", []))
+        return [(l.name, f"int8 weights + activations ({name})" if ok else reason)
+                for l, ok, reason in plan(model, self.config)] + [
+            ("(LayerNorm, softmax, GELU)", "stay float: no int8 config keeps their accuracy")]
+
+    def load_scopes(self):
+        from tfdeploy.models.bert_layers import custom_objects
+
+        def scope():
+            return tfmot.quantization.keras.quantize_scope(
+                {"OutputQuantizeConfig": OutputQuantizeConfig, **custom_objects()})
+        return [scope]
+
+    def run(self, model, context):
+        cfg = self.config
+        names = [l.name for l, ok, _ in plan(model, cfg) if ok]
+        if not names:
+            raise StageError("qat: no layer selected (check include/exclude/layer_types "
+                             "with --dry_run)")
+        scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages)
+        before = keras_structure(model, names)
+        print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
+
+        inputs = feeders(model, names)
+
+        def annotate(layer):
+            if layer.name in names:
+                return tfmot.quantization.keras.quantize_annotate_layer(layer)
+            if layer.name in inputs:
+                return tfmot.quantization.keras.quantize_annotate_layer(
+                    layer, quantize_config=OutputQuantizeConfig())
+            return layer
+
+        with context.strategy.scope(), self.load_scopes()[0]():
+            annotated = keras.models.clone_model(model, clone_function=annotate)
+            quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+        fit(quantized, context, cfg)
+        self.report = {"scheme": scheme_name, "layers": len(names)}
+        if scheme_name != "default":
+            self.verify(scheme_name, before, tflite_structure(quantized, context))
+        return quantized
+
+    def verify(self, scheme, before, after):
+        """The preserved structure must survive into the int8 weights; fail if not."""
+        lost, zeros_before, zeros_after = [], 0, 0
+        for shape, (zeros, unique) in before.items():
+            if shape not in after:
+                continue
+            got_zeros, got_unique = after[shape]
+            zeros_before, zeros_after = zeros_before + zeros, zeros_after + got_zeros
+            if "prune" in scheme or scheme == "sparsity_cluster_preserve":
+                if got_zeros < 0.99 * zeros:
+                    lost.append(f"weights {shape}: {zeros} zeros -> {got_zeros}")
+            if "cluster" in scheme and got_unique > unique:
+                lost.append(f"weights {shape}: {unique} values -> {got_unique} per channel")
+        if lost:
+            raise StageError(f"qat ({scheme}) did not preserve the structure in the int8 "
+                             f"weights: " + "; ".join(lost))
+        self.report["int8_zeros"] = {"before": zeros_before, "after": zeros_after}
+        if "cluster" in scheme:
+            self.report["int8_max_values_per_channel"] = max(u for _, u in after.values())
