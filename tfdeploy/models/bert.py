@@ -351,6 +351,24 @@ class Bert(ModelPlugin):
                 "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
                 "token_type_ids": tf.zeros_like(ids)}
 
+    def student_from(self, teacher, layers):
+        """A shallower classifier whose layer i starts as the teacher's ``layers[i]``."""
+        bad = [i for i in layers if not 0 <= i < self.bert_config.num_hidden_layers]
+        if bad or not layers:
+            raise CheckpointError(f"student layers {layers}: the teacher has "
+                                  f"{self.bert_config.num_hidden_layers} layers")
+        cfg = dataclasses.replace(self.bert_config, num_hidden_layers=len(layers))
+        student = build_classifier(cfg, self.num_labels, self.config.pooling,
+                                   self.config.dropout)
+        for layer in student.layers:
+            source = layer.name
+            if layer.name.startswith("layer_"):
+                index, rest = layer.name[len("layer_"):].split("_", 1)
+                source = f"layer_{layers[int(index)]}_{rest}"
+            if layer.weights:
+                layer.set_weights(teacher.get_layer(source).get_weights())
+        return student
+
     def synthetic_inputs(self, batch, seq_length, seed=0):
         from tfdeploy.bench import synthetic_inputs
         return synthetic_inputs(batch, seq_length, self.bert_config.vocab_size, seed)

@@ -1,0 +1,108 @@
+"""cluster and distill, and stage chains on a CNN (Fashion-MNIST) and a small BERT."""
+import os
+
+import numpy as np
+import pytest
+
+from tfdeploy import pipeline
+from tfdeploy.errors import RecipeError, StageError
+from tfdeploy.export import savedmodel, tflite
+from tfdeploy.recipe import load_recipe
+
+from conftest import ROOT, stage_context
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+def cnn_chain(tmp_path, stages):
+    assert os.path.exists(os.path.join(FASHION, "train-labels-idx1-ubyte.gz")), (
+        "Fashion-MNIST missing: apt-get install dataset-fashion-mnist (.ci/run does)")
+    recipe_path = tmp_path / "cnn.yaml"
+    recipe_path.write_text(f"""name: cnn
+model: {{type: cnn, filters: [8, 16], dense: 64}}
+data: {{type: fashion_mnist, max_train_examples: 1024, max_validation_examples: 256}}
+output: {{tensorboard: false}}
+stages: {stages}
+""")
+    recipe = load_recipe(str(recipe_path))
+    context, chain = pipeline.prepare(recipe, pipeline.Options())
+    context.run_dir = context.stage_dir = str(tmp_path)
+    with context.strategy.scope():
+        model = context.plugin.build()
+    for index, (cfg, stage) in enumerate(chain):
+        context.previous_stages = [c.type for c, _ in chain[:index]]
+        model = stage.run(model, context)
+    return context, chain, model
+
+
+def to_tflite(model, context, tmp_path):
+    path = savedmodel.export(model, context.plugin.input_specs(), ["x"], str(tmp_path / "sm"),
+                             "m")
+    out = str(tmp_path / "m.tflite")
+    tflite.export(path, "tflite_int8", out)
+    return out
+
+
+def test_cnn_cluster_then_cqat_keeps_cluster_count_in_tflite(tmp_path):
+    context, chain, model = cnn_chain(tmp_path, """
+  - {type: train, steps: 16, batch_size: 64, learning_rate: 2.0e-3}
+  - {type: cluster, number_of_clusters: 16, steps: 8, batch_size: 64, min_weights: 1000}
+  - {type: qat, steps: 8, batch_size: 64}""")
+    cluster_report, qat_report = chain[1][1].report, chain[2][1].report
+    assert set(cluster_report["unique_weights"]) == {"conv_1", "hidden"}
+    assert all(u <= 16 for u in cluster_report["unique_weights"].values())
+    assert qat_report["scheme"] == "cluster_preserve"
+    # In the int8 TFLite weights each output channel of a clustered layer has <= 16 values.
+    out = to_tflite(model, context, tmp_path)
+    shapes = {(16, 3, 3, 8): "conv_1", (64, 784): "hidden"}
+    for shape, value in tflite.weight_tensors(out):
+        if shape in shapes:
+            per_channel = value.reshape(shape[0], -1)
+            assert max(np.unique(r).size for r in per_channel) <= 16, shapes[shape]
+
+
+def test_cnn_prune_then_pqat_keeps_zeros_in_tflite(tmp_path):
+    context, chain, model = cnn_chain(tmp_path, """
+  - {type: train, steps: 16, batch_size: 64, learning_rate: 2.0e-3}
+  - {type: prune, steps: 12, frequency: 4, final_sparsity: 0.5, batch_size: 64,
+     policy: none, min_weights: 1000}
+  - {type: qat, steps: 8, batch_size: 64}""")
+    assert chain[2][1].report["scheme"] == "prune_preserve"
+    zeros = chain[2][1].report["int8_zeros"]
+    assert zeros["after"] >= 0.99 * zeros["before"] > 0
+    weights = dict(tflite.weight_tensors(to_tflite(model, context, tmp_path)))
+    assert np.mean(weights[(64, 784)] == 0) >= 0.495
+
+
+def test_distillation_reduces_kl_and_keeps_teacher_frozen(tmp_path, small_bert_dir):
+    recipe, context, chain, model = stage_context(
+        tmp_path, small_bert_dir,
+        "stages=[{type: train, steps: 12, learning_rate: 1.0e-3, batch_size: 16}, "
+        "{type: distill, student_layers: [1], alpha: 0.0, steps: 24, evals: 3, "
+        "learning_rate: 1.0e-3, batch_size: 16}]")
+    for index, (cfg, stage) in enumerate(chain):
+        context.previous_stages = [c.type for c, _ in chain[:index]]
+        teacher_before = [w.copy() for w in model.get_weights()] if index == 1 else None
+        result = stage.run(model, context)
+        if index == 1:
+            assert all(np.array_equal(a, b) for a, b in zip(teacher_before, model.get_weights()))
+            student = result
+        model = result
+    report = chain[1][1].report
+    assert report["kl_last"] < report["kl_first"]
+    assert report["student_params"] < report["teacher_params"]
+    assert len([l for l in student.layers if l.name.endswith("_intermediate")]) == 1
+
+
+def test_distill_errors(tmp_path, small_bert_dir):
+    recipe, context, chain, model = stage_context(
+        tmp_path, small_bert_dir, "stages=[{type: distill, student_layers: [0]}]")
+    context.previous_stages = []
+    with pytest.raises(StageError, match="needs an earlier stage"):
+        chain[0][1].run(model, context)
+    tiny = os.path.join(ROOT, "recipes", "tiny.yaml")
+    with pytest.raises(RecipeError, match="either student_layers or student"):
+        load_recipe(tiny, ["stages=[{type: distill, student_layers: [0], "
+                           "student: {dropout: 0.2}}]"])
+    with pytest.raises(RecipeError, match="give student_layers"):
+        load_recipe(tiny, ["stages=[{type: distill}]"])

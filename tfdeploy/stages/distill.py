@@ -1,0 +1,164 @@
+"""`distill`: train a smaller student on the teacher's softened predictions.
+
+loss = alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher/T) ||
+softmax(student/T)). The teacher is the model from the previous stage (or a saved model);
+it never trains and its logits are computed on the fly, inside the same strategy scope, so
+every replica sees the same frozen teacher. A BERT student can start from chosen teacher
+layers (``student_layers: [0, 2, 4]``); otherwise ``student`` gives model fields for a
+fresh one.
+"""
+import dataclasses
+from typing import Any, Dict, List, Literal, Optional
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfdeploy import checkpoint, models
+from tfdeploy.errors import StageError
+from tfdeploy.recipe.fields import StageConfig, field
+from tfdeploy.stages import STAGES, Stage
+from tfdeploy.training import FitConfig, fit
+
+
+class Distiller(keras.Model):
+    """Wraps student and frozen teacher; ``fit`` trains the student on the mixed loss."""
+
+    def __init__(self, student, teacher, alpha, temperature, global_batch):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher.trainable = False
+        self.alpha, self.temperature, self.global_batch = alpha, temperature, global_batch
+        self.ce_tracker = keras.metrics.Mean(name="ce")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def losses_per_example(self, y, student_logits, teacher_logits):
+        t = self.temperature
+        ce = keras.losses.sparse_categorical_crossentropy(y, student_logits, from_logits=True)
+        soft_teacher = tf.nn.softmax(teacher_logits / t)
+        log_student = tf.nn.log_softmax(student_logits / t)
+        kl = tf.reduce_sum(soft_teacher * (tf.math.log(soft_teacher + 1e-12) - log_student),
+                           axis=-1) * t * t
+        return ce, kl
+
+    def train_step(self, data):
+        x, y = data
+        teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
+        with tf.GradientTape() as tape:
+            student_logits = self.student(x, training=True)
+            ce, kl = self.losses_per_example(y, student_logits, teacher_logits)
+            per_example = self.alpha * ce + (1 - self.alpha) * kl
+            # Scaled by the *global* batch: replicas' gradients are summed.
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.compiled_metrics.update_state(y, student_logits)
+        self.ce_tracker.update_state(ce)
+        self.kl_tracker.update_state(kl)
+        return {"distill_loss": self.ce_tracker.result() * self.alpha +
+                self.kl_tracker.result() * (1 - self.alpha),
+                "ce": self.ce_tracker.result(), "kl": self.kl_tracker.result(),
+                **{m.name: m.result() for m in self.compiled_metrics.metrics}}
+
+    def test_step(self, data):
+        x, y = data
+        logits = self.student(x, training=False)
+        self.compiled_loss(y, logits)
+        self.compiled_metrics.update_state(y, logits)
+        return {m.name: m.result() for m in
+                self.compiled_loss.metrics + self.compiled_metrics.metrics}
+
+    @property
+    def metrics(self):
+        return [self.ce_tracker, self.kl_tracker] + super().metrics
+
+
+@STAGES.register("distill")
+class Distill(Stage):
+    @dataclasses.dataclass(kw_only=True)
+    class Config(StageConfig, FitConfig):
+        """Knowledge distillation into a smaller student. Fit fields as in train."""
+
+        teacher: str = field("previous", doc="'previous': the model from the stage before; "
+                                             "or a stage directory / .h5 file.")
+        student_layers: Optional[List[int]] = field(
+            None, doc="BERT: teacher encoder layers that initialise the student, in order "
+                      "(e.g. [0, 2, 4] for a 3-layer student).")
+        student: Dict[str, Any] = field(factory=dict, doc="Model fields for a fresh student "
+                                                          "(same type as the recipe's model) "
+                                                          "when student_layers is not set.")
+        alpha: float = field(0.5, ge=0, le=1, doc="Weight of the label cross-entropy; "
+                                                  "1 - alpha weighs the distillation KL.")
+        temperature: float = field(2.0, gt=0, doc="Softmax temperature for the KL term.")
+        learning_rate: float = field(1e-4, gt=0, doc="Peak learning rate.")
+
+        def check(self):
+            if self.student_layers is None and not self.student:
+                yield ("student_layers", "give student_layers (from the teacher) or student "
+                                         "(fields of a fresh model)")
+            if self.student_layers is not None and self.student:
+                yield ("student", "use either student_layers or student, not both")
+
+    def preflight(self, model, context):
+        cfg = self.config
+        what = (f"student from teacher layers {cfg.student_layers}" if cfg.student_layers
+                else f"fresh student {cfg.student}")
+        return [("(teacher)", f"{cfg.teacher}: frozen"), ("(student)", what)]
+
+    def teacher(self, model, context):
+        cfg = self.config
+        if cfg.teacher != "previous":
+            import os
+            path = cfg.teacher if os.path.isdir(cfg.teacher) else os.path.dirname(cfg.teacher)
+            if not os.path.exists(os.path.join(path, checkpoint.MODEL_FILE)):
+                raise StageError(f"distill: teacher {cfg.teacher!r} has no "
+                                 f"{checkpoint.MODEL_FILE}")
+            return checkpoint.load(path, context.strategy)
+        if not context.previous_stages:
+            raise StageError("distill: teacher 'previous' needs an earlier stage that trains "
+                             "the teacher (e.g. train); or set teacher to a saved model")
+        return model
+
+    def student(self, teacher, context):
+        cfg = self.config
+        plugin = context.plugin
+        with context.strategy.scope():
+            if cfg.student_layers is not None:
+                if not hasattr(plugin, "student_from"):
+                    raise StageError(f"distill: student_layers needs a layered model; "
+                                     f"{plugin.config.type} has none (use student)")
+                return plugin.student_from(teacher, cfg.student_layers)
+            fields = {**dataclasses.asdict(plugin.config), **cfg.student}
+            from tfdeploy.recipe.validate import validate
+            student_cfg = validate(type(plugin.config), fields, {})
+            return models.create(student_cfg, plugin.num_labels).build()
+
+    def run(self, model, context):
+        cfg = self.config
+        teacher = self.teacher(model, context)
+        student = self.student(teacher, context)
+        print(f"  teacher {teacher.count_params():,} parameters -> student "
+              f"{student.count_params():,}", flush=True)
+
+        def compile_fn(distiller, optimizer, ctx):
+            with ctx.strategy.scope():
+                distiller.compile(optimizer=optimizer,
+                                  loss=keras.losses.SparseCategoricalCrossentropy(
+                                      from_logits=True),
+                                  metrics=[keras.metrics.SparseCategoricalAccuracy(
+                                      name="accuracy")])
+
+        with context.strategy.scope():
+            distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
+                                  context.global_batch(cfg.batch_size))
+            # Built before fit, so BackupAndRestore can checkpoint it.
+            _, sample = next(context.validation.numpy_batches(2))
+            distiller(sample)
+        history = fit(distiller, context, cfg, compile_fn=compile_fn)
+        self.report = {"teacher_params": int(teacher.count_params()),
+                       "student_params": int(student.count_params()),
+                       "kl_first": history.get("kl", [None])[0],
+                       "kl_last": history.get("kl", [None])[-1]}
+        return student
