@@ -28,11 +28,11 @@ def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
                if type(l).__name__ == "QuantizeWrapperV2"}
     for name in ("layer_0_attention_query", "layer_1_output", "classifier"):
         assert wrapped["quant_" + name] == "Default8BitQuantizeConfig"  # int8 weights
-    # LayerNorm and softmax-attention stay float; GELU computes in float and only its
-    # output is quantized (it feeds an int8 matmul).
-    assert not any("layernorm" in n or n.endswith("attention") for n in wrapped)
-    assert wrapped.get("quant_layer_0_intermediate_act", "OutputOnlyConfig") == \
-        "OutputOnlyConfig"
+    # LayerNorm, softmax-attention and GELU compute in float; where they feed an int8 matmul
+    # only their output is quantized (OutputQuantizeConfig / TFMOT's OutputOnlyConfig).
+    floats = [n for n in wrapped if "layernorm" in n or n.endswith(("attention", "_act"))]
+    assert floats and all(wrapped[n] in ("OutputQuantizeConfig", "OutputOnlyConfig")
+                          for n in floats)
     assert chain[0][1].report["scheme"] == "default"
     path = savedmodel.export(model, context.plugin.input_specs(), ["n", "p"],
                              str(tmp_path / "sm"), "qat")
@@ -58,6 +58,5 @@ def test_prune_then_qat_preserves_sparsity(tmp_path, small_bert_dir):
         "learning_rate: 1.0e-3}]")
     report = chain[1][1].report
     assert report["scheme"] == "prune_preserve"
-    for name, sparsity in report["sparsity"].items():
-        if name != "classifier":
-            assert sparsity >= 0.495, (name, sparsity)
+    # zeros counted in the int8 TFLite weights the QAT model converts to
+    assert report["int8_zeros"]["after"] >= 0.99 * report["int8_zeros"]["before"] > 0

@@ -30,6 +30,35 @@ SCHEMES = ("auto", "default", "prune_preserve", "cluster_preserve",
            "sparsity_cluster_preserve")
 
 
+class _HonestRegistry(tfmot.quantization.keras.QuantizeRegistry):
+    """TFMOT's collaborative registries claim to support layers they then refuse (e.g. our
+    weightless pooling layer feeding a quantized input); ask the real question instead."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def supports(self, layer):
+        try:
+            self.inner.get_quantize_config(layer)
+            return True
+        except (ValueError, KeyError):
+            return False
+
+    def get_quantize_config(self, layer):
+        return self.inner.get_quantize_config(layer)
+
+
+class _Scheme(tfmot.quantization.keras.QuantizeScheme):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get_layout_transformer(self):
+        return self.inner.get_layout_transformer()
+
+    def get_quantize_registry(self):
+        return _HonestRegistry(self.inner.get_quantize_registry())
+
+
 def scheme_for(name, previous):
     """The TFMOT scheme; ``auto`` picks it from the stage types that ran before."""
     if name == "auto":
@@ -44,7 +73,7 @@ def scheme_for(name, previous):
         "sparsity_cluster_preserve":
             lambda: combine.Default8BitClusterPreserveQuantizeScheme(True),
     }
-    return name, schemes[name]()
+    return name, _Scheme(schemes[name]())
 
 
 @keras.utils.register_keras_serializable(package="tfdeploy")
