@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfdeploy import evaluate
-from tfdeploy.export import FORMATS, Artifact
+from tfdeploy.export import FORMATS, Artifact, tflite
 from tfdeploy.models import checkpoints
 
 from conftest import ROOT, run_cli
@@ -134,3 +134,23 @@ def test_bench_cli(small_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("small.")]
     assert len(lines) == 2 and lines[0].split()[4] == "1.00"  # ratio to the first artifact
+
+
+def test_int8_fallback_keeps_sensitive_ops_float(small_run, tmp_path):
+    """The fallback converts full int8 with LayerNorm/softmax/elementwise ops in float."""
+    from tfdeploy import pipeline
+    from tfdeploy.recipe import load_recipe
+    recipe_path, run_dir, tmp = small_run
+    recipe = load_recipe(str(recipe_path))
+    context, _ = pipeline.prepare(recipe, pipeline.Options())
+    saved = str(next((tmp / "saved_models" / "small").iterdir()))
+    rep = context.train.representative(10, 0)
+    out = str(tmp_path / "fallback.tflite")
+    tflite.export(saved, "tflite_int8", out, rep, float_ops=tflite.FALLBACK_FLOAT_OPS)
+    interp = tflite.interpreter(out)
+    details = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    kinds = {}
+    for op in interp._get_ops_details():
+        kinds.setdefault(op["op_name"], set()).add(details[op["inputs"][0]])
+    assert kinds["SOFTMAX"] == {np.float32} and kinds["RSQRT"] == {np.float32}
+    assert np.int8 in kinds["FULLY_CONNECTED"]

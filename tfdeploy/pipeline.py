@@ -225,7 +225,7 @@ def run_stage(stage, cfg, model, context, digest):
 def export_all(recipe, context, model, stage_name, records):
     """Write the recipe's artifacts, evaluate each in its runtime; return gate problems."""
     from tfdeploy import bench
-    from tfdeploy.export import export_artifacts
+    from tfdeploy.export import export_artifacts, int8_fallback
 
     if not recipe.export.formats:
         return []
@@ -237,7 +237,7 @@ def export_all(recipe, context, model, stage_name, records):
     pruned = any(s.type == "prune" for s in recipe.stages)
     qat = any(s.type == "qat" for s in recipe.stages)
     artifacts = export_artifacts(recipe, context, model, sparse=pruned, qat=qat)
-    for artifact in artifacts:
+    for artifact in list(artifacts):
         rec = evaluate.evaluate_artifact(artifact, context, stage_name, reference, ev.threads)
         if artifact.runtime == "litert" and not (pruned and artifact.name == "tflite_fp32"):
             # (sparse-encoded fp32 weights are not readable as plain tensors)
@@ -250,6 +250,17 @@ def export_all(recipe, context, model, stage_name, records):
         problem = evaluate.check_float_parity(rec, ev.float_tolerance) if artifact.is_float \
             else None
         problem = problem or evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
+        if problem and artifact.name == "tflite_int8" and not qat and \
+                recipe.export.int8_fallback == "on_gate":
+            print(f"  {problem}\n  retrying full int8 with sensitive ops in float",
+                  flush=True)
+            retry = int8_fallback(recipe, context, artifacts)
+            rec = evaluate.evaluate_artifact(retry, context, stage_name, reference, ev.threads)
+            records.append(rec)
+            artifacts.append(retry)
+            print(f"export {retry.name}: {retry.path} (accuracy "
+                  f"{rec['metrics']['accuracy']:.4f})", flush=True)
+            problem = evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
         if problem:
             problems.append(problem)
     if recipe.benchmark.enabled and artifacts:

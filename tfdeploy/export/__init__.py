@@ -83,7 +83,9 @@ def export_artifacts(recipe, context, model, sparse=False, qat=False):
             rep = context.train.representative(cfg.calibration_examples, recipe.seed) \
                 if fmt == "tflite_int8" and not qat else None
             path = os.path.join(folder, f"{recipe.name}.{fmt}.tflite")
-            out.append(Artifact(fmt, tflite.export(saved, fmt, path, rep, sparse)))
+            float_ops = tflite.FALLBACK_FLOAT_OPS if rep and cfg.int8_fallback == "always" \
+                else ()
+            out.append(Artifact(fmt, tflite.export(saved, fmt, path, rep, sparse, float_ops)))
     onnx_formats = [f for f in formats if f.startswith("onnx")]
     if onnx_formats:
         fp32 = os.path.join(folder, f"{recipe.name}.onnx_fp32.onnx")
@@ -92,7 +94,23 @@ def export_artifacts(recipe, context, model, sparse=False, qat=False):
         onnx.export(model, context.plugin.input_specs(), fp32,
                     int8 if "onnx_int8" in onnx_formats else None, cfg.opset, *shape)
         out.extend(Artifact(f, fp32 if f == "onnx_fp32" else int8) for f in onnx_formats)
-    if saved and "savedmodel" not in formats:
+    if saved and "savedmodel" not in formats and not (
+            "tflite_int8" in formats and cfg.int8_fallback == "on_gate"):
         import shutil
         shutil.rmtree(saved)  # only needed as the TFLite converter's input
     return out
+
+
+def int8_fallback(recipe, context, artifacts):
+    """Convert tflite_int8 again with sensitive ops in float; the new Artifact."""
+    from tfdeploy.export import tflite
+
+    saved = next((a.path for a in artifacts if a.name == "savedmodel"), None) or os.path.join(
+        recipe.export.dir, recipe.name, str(max(int(v) for v in os.listdir(
+            os.path.join(recipe.export.dir, recipe.name)) if v.isdigit())))
+    path = os.path.join(context.run_dir, "artifacts",
+                        f"{recipe.name}.tflite_int8_fallback.tflite")
+    rep = context.train.representative(recipe.export.calibration_examples, recipe.seed)
+    return Artifact("tflite_int8_fallback",
+                    tflite.export(saved, "tflite_int8", path, rep, False,
+                                  tflite.FALLBACK_FLOAT_OPS))

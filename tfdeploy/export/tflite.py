@@ -17,6 +17,25 @@ from tfdeploy.rundir import atomic_write_bytes
 VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic_int8", "tflite_int8")
 
 
+# Ops kept in float by the full-int8 fallback: LayerNorm (MEAN, SQUARED_DIFFERENCE, RSQRT),
+# softmax, residual/elementwise math and attention's activation x activation matmuls.
+FALLBACK_FLOAT_OPS = ("MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX", "ADD", "MUL", "SUB",
+                      "BATCH_MATMUL")
+
+
+def convert_with_float_ops(saved_model_dir, representative, float_ops=FALLBACK_FLOAT_OPS):
+    """Full int8 except ``float_ops``, which stay float (TFLite's quantization debugger)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["serving_default"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
+
+
 def convert(saved_model_dir, variant, representative=None, sparse=False):
     """Bytes of the .tflite flatbuffer for one variant (tflite_int8 without a
     representative dataset: a QAT model, converted with its learned ranges)."""
@@ -37,8 +56,12 @@ def convert(saved_model_dir, variant, representative=None, sparse=False):
     return converter.convert()
 
 
-def export(saved_model_dir, variant, path, representative=None, sparse=False):
-    atomic_write_bytes(path, convert(saved_model_dir, variant, representative, sparse))
+def export(saved_model_dir, variant, path, representative=None, sparse=False, float_ops=()):
+    if float_ops:
+        data = convert_with_float_ops(saved_model_dir, representative, float_ops)
+    else:
+        data = convert(saved_model_dir, variant, representative, sparse)
+    atomic_write_bytes(path, data)
     return path
 
 

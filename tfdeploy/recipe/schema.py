@@ -50,6 +50,11 @@ class Export:
     opset: int = field(17, ge=13, le=21, doc="ONNX opset for onnx_* formats.")
     calibration_examples: int = field(100, ge=1, doc="Training examples used to calibrate "
                                                      "tflite_int8 activation ranges.")
+    int8_fallback: Literal["off", "on_gate", "always"] = field(
+        "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
+                       "ops (LayerNorm pieces, softmax, elementwise, attention matmuls) in "
+                       "float: on_gate = convert again that way when tflite_int8 fails "
+                       "evaluate.max_drop; always = convert that way from the start.")
 
 
 @dataclasses.dataclass(kw_only=True)
