@@ -121,7 +121,9 @@ def run(recipe, opts, resolved_tree=None):
         run_dir = tempfile.mkdtemp(prefix="tfdeploy-worker-")
     context.run_dir = run_dir
     try:
-        return _run(recipe, opts, context, stage_list)
+        summary = _run(recipe, opts, context, stage_list)
+        strategies.barrier(context.strategy)
+        return summary
     finally:
         if not context.is_chief:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -231,7 +233,9 @@ def export_all(recipe, context, model, stage_name, records):
         return []
     problems = []
     ev = recipe.evaluate
-    reference = context.predict(model)
+    reference = context.predict(model)  # every worker takes part in the distributed predict
+    if not context.is_chief:
+        return []  # artifacts are the chief's
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
     pruned = any(s.type == "prune" for s in recipe.stages)

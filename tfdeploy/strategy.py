@@ -82,6 +82,15 @@ def _tpu(address):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def _multi_worker(cfg):
+    parse_tf_config()
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation={"auto": implementation.AUTO, "ring": implementation.RING,
+                        "nccl": implementation.NCCL}[cfg.communication])
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
 def _mixed_precision(policy, kind):
     import tf_keras as keras
 
@@ -95,6 +104,16 @@ def _mixed_precision(policy, kind):
 def create(cfg, override=None):
     """(strategy, description dict) for a Distribution config; clear errors before work."""
     name = override or cfg.strategy
+    if name == "multi_worker":
+        # Collectives must be configured before TensorFlow initialises its devices.
+        strategy = _multi_worker(cfg)
+        kind = "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+        policy = _mixed_precision(cfg.mixed_precision, kind)
+        return strategy, {"strategy": name, "class": type(strategy).__name__,
+                          "device_kind": kind, "replicas": strategy.num_replicas_in_sync,
+                          "mixed_precision": policy, "devices": _devices(strategy),
+                          "workers": len(parse_tf_config()["cluster"].get("worker", [])) +
+                          len(parse_tf_config()["cluster"].get("chief", []))}
     split_cpu(cfg.logical_cpus)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -119,15 +138,6 @@ def create(cfg, override=None):
         kind = "gpu" if any("gpu" in d.lower() for d in devices) else "cpu"
         strategy = tf.distribute.MirroredStrategy(
             devices, cross_device_ops=_cross_device_ops(cfg.cross_device_ops, kind == "gpu"))
-    elif name == "multi_worker":
-        parse_tf_config()
-        implementation = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
-                          "ring": tf.distribute.experimental.CommunicationImplementation.RING,
-                          "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL}
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=tf.distribute.experimental.CommunicationOptions(
-                implementation=implementation[cfg.communication]))
-        kind = "gpu" if gpus else "cpu"
     elif name == "tpu":
         strategy, kind = _tpu(cfg.tpu), "tpu"
     policy = _mixed_precision(cfg.mixed_precision, kind)
@@ -152,3 +162,13 @@ def is_chief(strategy):
     return resolver.task_type in ("chief", None) or (
         resolver.task_type == "worker" and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def barrier(strategy):
+    """Wait until every worker gets here (a tiny all-reduce); no-op outside multi-worker.
+
+    Workers skip the chief's exports; without this they exit first and the chief's
+    coordination service reports them as crashed."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM,
+                        strategy.run(lambda: tf.constant(1.0)), axis=None)
