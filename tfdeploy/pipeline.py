@@ -15,6 +15,10 @@ import time
 import yaml
 
 from tfdeploy import checkpoint, evaluate, models, report, stages, strategy as strategies
+# Imported now, not when a long run reaches them: an edit to the tree while a run trains
+# must not hand it a newer module half way.
+from tfdeploy import bench, export  # noqa: F401
+from tfdeploy.export import onnx as _onnx, savedmodel as _savedmodel, tflite as _tflite  # noqa
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
