@@ -103,3 +103,10 @@ def test_bucketed_batches(tmp_path):
     assert sorted(order.tolist()) == list(range(len(texts)))
     shapes = [b["input_ids"].shape[1] for b in ds]
     assert shapes == sorted(shapes) and set(shapes) == {4, 16, 24}
+
+
+def test_fashion_mnist_idx():
+    task = source(type="fashion_mnist").load()
+    assert task.train.examples.shape == (60000, 28, 28) and len(task.validation) == 10000
+    assert np.bincount(task.validation.labels).tolist() == [1000] * 10
+    assert task.label_names[0] == "t-shirt"

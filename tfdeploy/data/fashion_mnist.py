@@ -2,10 +2,15 @@
 
 Debian's ``dataset-fashion-mnist`` package installs them in
 ``/usr/share/datasets/fashion-mnist/`` (the default ``dir``); ``.gz`` or plain files work.
+When they are not there, the package is fetched without installing it (``apt-get
+download`` + ``dpkg-deb -x``, no root needed) into the tfdeploy cache.
 """
 import dataclasses
+import glob
 import gzip
 import os
+import subprocess
+import tempfile
 
 import numpy as np
 
@@ -38,6 +43,24 @@ def read_idx(path):
     return body.reshape(dims)
 
 
+def fetch_debian_package(dest):
+    """Unpack Debian's dataset-fashion-mnist into ``dest`` (atomically)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            proc = subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp,
+                                  capture_output=True, text=True, timeout=300)
+            debs = glob.glob(os.path.join(tmp, "*.deb"))
+            if proc.returncode or not debs:
+                raise OSError(proc.stderr.strip().splitlines()[-1:] or "no package")
+            subprocess.run(["dpkg-deb", "-x", debs[0], os.path.join(tmp, "root")], check=True)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DataError(f"Fashion-MNIST not found and Debian's dataset-fashion-mnist "
+                            f"could not be fetched ({e}); install it or set data.dir") from None
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(os.path.join(tmp, "root", "usr", "share", "datasets", "fashion-mnist"),
+                   dest)
+
+
 @DATA.register("fashion_mnist")
 class FashionMNIST(DataPlugin):
     @dataclasses.dataclass(kw_only=True)
@@ -48,8 +71,20 @@ class FashionMNIST(DataPlugin):
         max_validation_examples: int = field(0, ge=0, doc="Use the first N test images; "
                                                           "0 = all 10,000.")
 
-    def load(self):
+    def find(self):
         d = self.config.dir
+        if os.path.exists(os.path.join(d, "train-labels-idx1-ubyte.gz")) or \
+                os.path.exists(os.path.join(d, "train-labels-idx1-ubyte")):
+            return d
+        from tfdeploy.models.checkpoints import cache_dir
+
+        cached = os.path.join(cache_dir(), "data", "fashion-mnist")
+        if not os.path.exists(os.path.join(cached, "train-labels-idx1-ubyte.gz")):
+            fetch_debian_package(cached)
+        return cached
+
+    def load(self):
+        d = self.find()
 
         def split(prefix):
             images = read_idx(os.path.join(d, f"{prefix}-images-idx3-ubyte"))
