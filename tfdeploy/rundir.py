@@ -13,12 +13,12 @@ import shutil
 import tempfile
 
 
-def atomic_write_text(path, text):
+def atomic_write_bytes(path, data):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,17 +28,8 @@ def atomic_write_text(path, text):
         raise
 
 
-def atomic_write_bytes(path, data):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path, data):
