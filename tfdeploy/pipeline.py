@@ -230,7 +230,6 @@ def run_stage(stage, cfg, model, context, digest):
 
 def export_all(recipe, context, model, stage_name, records):
     """Write the recipe's artifacts, evaluate each in its runtime; return gate problems."""
-    from tfdeploy import bench
     from tfdeploy.export import export_artifacts, int8_fallback
 
     if not recipe.export.formats:

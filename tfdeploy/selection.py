@@ -67,6 +67,17 @@ def plan(model, cfg: LayerSelection, extra_check=None):
     return out
 
 
+def chosen(model, cfg: LayerSelection, stage, extra_check=None):
+    """Names of the layers ``stage`` will touch; a clear error when there are none."""
+    from tfdeploy.errors import StageError
+
+    names = [layer.name for layer, ok, _ in plan(model, cfg, extra_check) if ok]
+    if not names:
+        raise StageError(f"{stage}: no layer selected (check include/exclude/layer_types/"
+                         f"min_weights with --dry_run)")
+    return names
+
+
 def sparsity_report(model, names):
     """Measured zeros per layer (main weight) and overall, from the actual weights."""
     layers, zeros, total = {}, 0, 0

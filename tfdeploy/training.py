@@ -7,7 +7,6 @@ backs up each evaluation period so a killed run (or a restarted worker) resumes.
 import dataclasses
 import json
 import math
-import os
 import sys
 from typing import Literal
 

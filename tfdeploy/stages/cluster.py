@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
-from tfdeploy.selection import LayerSelection, main_weight, plan, sparsity_report
+from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit
 
@@ -42,10 +42,7 @@ class Cluster(Stage):
 
     def run(self, model, context):
         cfg = self.config
-        names = [l.name for l, ok, _ in plan(model, cfg) if ok]
-        if not names:
-            raise StageError("cluster: no layer selected (check include/exclude/layer_types "
-                             "with --dry_run)")
+        names = chosen(model, cfg, "cluster")
         preserve = cfg.preserve_sparsity == "yes" or (
             cfg.preserve_sparsity == "auto" and "prune" in context.previous_stages)
         before = sparsity_report(model, names)

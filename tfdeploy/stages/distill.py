@@ -8,7 +8,7 @@ layers (``student_layers: [0, 2, 4]``); otherwise ``student`` gives model fields
 fresh one.
 """
 import dataclasses
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 import tf_keras as keras

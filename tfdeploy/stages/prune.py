@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
-from tfdeploy.selection import LayerSelection, main_weight, plan, sparsity_report
+from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit, step_plan
 
@@ -131,11 +131,7 @@ class Prune(Stage):
         if bad:
             raise StageError("prune: m_by_n cannot apply to " + "; ".join(bad) +
                              " (exclude these layers)")
-        names = [l.name for l, ok, _ in rows if ok]
-        if not names:
-            raise StageError("prune: no layer selected (check include/exclude/layer_types/"
-                             "min_weights with --dry_run)")
-        return names
+        return chosen(model, self.config, "prune", self._cannot)
 
     def run(self, model, context):
         cfg = self.config

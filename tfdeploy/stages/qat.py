@@ -22,7 +22,7 @@ import tf_keras as keras
 
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
-from tfdeploy.selection import LayerSelection, main_weight, plan
+from tfdeploy.selection import LayerSelection, chosen, main_weight, plan
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit
 
@@ -176,10 +176,7 @@ class QAT(Stage):
 
     def run(self, model, context):
         cfg = self.config
-        names = [l.name for l, ok, _ in plan(model, cfg) if ok]
-        if not names:
-            raise StageError("qat: no layer selected (check include/exclude/layer_types "
-                             "with --dry_run)")
+        names = chosen(model, cfg, "qat")
         scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages)
         before = keras_structure(model, names)
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
