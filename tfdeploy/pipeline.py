@@ -113,7 +113,7 @@ def is_finished(stage_dir, digest):
         return json.load(f).get("hash") == digest
 
 
-def run(recipe, opts, resolved_tree=None):
+def run(recipe, opts):
     context, stage_list = prepare(recipe, opts)
     if opts.dry_run:
         print(yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -66,7 +66,7 @@ def _main(recipe_path):
     opts = pipeline.Options(output_dir=FLAGS.output_dir, strategy=FLAGS.strategy,
                             only=tuple(FLAGS.stages), start_from=FLAGS["from"].value,
                             resume=FLAGS.resume, dry_run=FLAGS.dry_run)
-    pipeline.run(recipe, opts, tree)
+    pipeline.run(recipe, opts)
     return 0
 
 

@@ -85,21 +85,9 @@ def runner(path, threads=2):
 
 def weight_stats(path):
     """Sparsity of the matmul/conv weights stored in a .tflite file (what pruning left)."""
-    interp = interpreter(path, 1)
-    weight_ops = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL"}
-    indices = set()
-    for op in interp._get_ops_details():  # no public API lists an op's constant inputs
-        if op["op_name"] in weight_ops and len(op["inputs"]) > 1:
-            indices.add(int(op["inputs"][1]))
-    total = zeros = 0
-    for index in indices:
-        try:
-            value = interp.get_tensor(index)
-        except ValueError:  # an activation, not a constant
-            continue
-        if value.ndim >= 2:
-            total += value.size
-            zeros += int(np.count_nonzero(value == 0))
+    tensors = [value for _, value in weight_tensors(path) if value.ndim >= 2]
+    total = sum(v.size for v in tensors)
+    zeros = sum(int(np.count_nonzero(v == 0)) for v in tensors)
     return {"matmul_weights": total, "sparsity": zeros / total if total else 0.0}
 
 
