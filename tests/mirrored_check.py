@@ -35,6 +35,8 @@ CHAINS = [
     "[{type: cluster, number_of_clusters: 8, steps: 4, batch_size: 8, min_weights: 0,"
     "  include: [layer_0_intermediate]},"
     " {type: distill, student_layers: [1], steps: 4, batch_size: 8}]",
+    "[{type: prune, name: prune_gradient, criterion: gradient, steps: 8, frequency: 2,"
+    "  final_sparsity: 0.5, min_weights: 0, exclude: [classifier], batch_size: 8}]",
 ]
 
 

@@ -23,11 +23,14 @@ def test_every_stage_under_mirrored(tmp_path, small_bert_dir, sst2_dir):
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
     assert result["replicas"] == 2
-    assert set(result["stages"]) == {"train", "prune", "cluster", "qat", "distill"}
+    assert set(result["stages"]) == {"train", "prune", "cluster", "qat", "distill",
+                                      "prune_gradient"}
     for name, entry in result["stages"].items():
         assert entry["replica_max_diff"] == 0.0, name  # replicas hold identical weights
-    prune = result["stages"]["prune"]["report"]
-    assert all(abs(v - 0.5) < 0.005 for v in prune["layers"].values())
+    for name in ("prune", "prune_gradient"):  # masks agree across replicas (diff 0 above)
+        prune = result["stages"][name]["report"]
+        assert all(abs(v - 0.5) < 0.005 for v in prune["layers"].values()), name
+    assert result["stages"]["prune_gradient"]["report"]["criterion"] == "gradient"
     assert result["stages"]["cluster"]["report"]["unique_weights"]["layer_0_intermediate"] <= 8
     assert result["stages"]["qat"]["int8_fc"] and result["stages"]["qat"]["tflite_runs"]
 
@@ -75,3 +78,20 @@ def test_bad_distribution_fails_before_work(tmp_path, args, message):
 def test_malformed_tf_config(text, message):
     with pytest.raises(TfdeployError, match=message):
         parse_tf_config(text)
+
+
+def test_tpu_refuses_tfmot_stages_before_work():
+    """No TPU here, so the check is called with the description a TPU run would record."""
+    from tfdeploy import stages
+    from tfdeploy.recipe import load_recipe
+
+    recipe = load_recipe(os.path.join(ROOT, "recipes", "tiny.yaml"), [
+        "stages=[{type: train}, {type: prune}, {type: qat}, {type: distill, student_layers: [0]}]"])
+    stage_list = [(cfg, stages.create(cfg)) for cfg in recipe.stages]
+    with pytest.raises(TfdeployError) as err:
+        stages.check_strategy(stage_list, {"device_kind": "tpu"})
+    text = str(err.value)
+    assert "stage prune (prune)" in text and "merge_call" in text and "stage qat (qat)" in text
+    assert "stage train" not in text and "distill" not in text
+    stages.check_strategy(stage_list, {"device_kind": "cpu"})  # fine elsewhere
+    stages.check_strategy([stage_list[0], stage_list[3]], {"device_kind": "tpu"})

@@ -67,6 +67,22 @@ def test_every_format_evaluated_in_its_runtime(small_run):
     assert by_artifact["onnx_int8"]["size_bytes"] < 0.35 * by_artifact["onnx_fp32"]["size_bytes"]
 
 
+def test_onnx_graphs_use_fused_attention_and_gelu(small_run):
+    """Our rewrite put ORT's Attention/Gelu ops in (2 layers), the quantizer made QAttention;
+    parity of those files with Keras is asserted in the test above."""
+    import onnx
+
+    _, run_dir, _ = small_run
+    ops = {}
+    for name in ("onnx_fp32", "onnx_int8"):
+        graph = onnx.load(str(run_dir / "artifacts" / f"small.{name}.onnx")).graph
+        ops[name] = [n.op_type for n in graph.node]
+    assert ops["onnx_fp32"].count("Attention") == 2 and "Softmax" not in ops["onnx_fp32"]
+    assert ops["onnx_fp32"].count("Gelu") + ops["onnx_fp32"].count("BiasGelu") == 2
+    assert "Erf" not in ops["onnx_fp32"]
+    assert ops["onnx_int8"].count("QAttention") == 2
+
+
 def test_report_files(small_run):
     _, run_dir, _ = small_run
     report = (run_dir / "report.md").read_text()

@@ -15,14 +15,16 @@ def run_stage(tmp_path, ckpt, *overrides):
     return stage, stage.run(model, context), context
 
 
-@pytest.mark.parametrize("steps,frequency,schedule", [(37, 10, "polynomial"),
-                                                      (13, 5, "constant"), (9, 100, "polynomial")])
+@pytest.mark.parametrize("steps,frequency,schedule,criterion", [
+    (37, 10, "polynomial", "magnitude"), (13, 5, "constant", "magnitude"),
+    (9, 100, "polynomial", "magnitude"), (37, 10, "polynomial", "gradient"),
+    (13, 5, "constant", "taylor")])
 def test_sparsity_reaches_target_for_awkward_steps(tmp_path, small_bert_dir, steps, frequency,
-                                                   schedule):
+                                                   schedule, criterion):
     stage, model, _ = run_stage(tmp_path, small_bert_dir,
                                 f"stages=[{{type: prune, steps: {steps}, frequency: {frequency}, "
                                 f"schedule: {schedule}, final_sparsity: 0.6, min_weights: 0, "
-                                f"exclude: [classifier], batch_size: 8}}]")
+                                f"exclude: [classifier], batch_size: 8, criterion: {criterion}}}]")
     report = stage.report
     begin, end, freq = (report["schedule"][k] for k in ("begin", "end", "frequency"))
     assert (end - begin) % freq == 0 and end <= steps - 1
@@ -34,6 +36,26 @@ def test_sparsity_reaches_target_for_awkward_steps(tmp_path, small_bert_dir, ste
         assert abs(np.mean(w == 0) - 0.6) < 0.005 and value == pytest.approx(np.mean(w == 0))
     assert np.mean(model.get_layer("classifier").kernel.numpy() == 0) < 0.1  # excluded
     assert not any("prune" in type(l).__name__.lower() for l in model.layers)  # stripped
+
+
+def test_gradient_criterion_prunes_other_weights_than_magnitude(tmp_path, small_bert_dir):
+    """Same schedule and data; movement scores pick a different set than |w| does."""
+    overlap = {}
+    for criterion in ("magnitude", "gradient"):
+        recipe, context, stages, model = stage_context(
+            tmp_path / criterion, small_bert_dir,
+            f"stages=[{{type: prune, steps: 12, frequency: 4, final_sparsity: 0.5, "
+            f"min_weights: 0, include: [layer_0_intermediate], batch_size: 8, "
+            f"learning_rate: 1.0e-4, criterion: {criterion}}}]")
+        before = np.abs(main_weight(model.get_layer("layer_0_intermediate")).numpy())
+        cfg, stage = stages[-1]
+        pruned = stage.run(model, context)
+        zeros = main_weight(pruned.get_layer("layer_0_intermediate")).numpy() == 0
+        smallest = before <= np.quantile(before, 0.5)  # what |w| at the start would prune
+        overlap[criterion] = float(np.mean(zeros[smallest]))
+        assert np.mean(zeros) == pytest.approx(0.5, abs=0.005)
+    assert overlap["magnitude"] > 0.9, overlap  # short run: |w| barely moves
+    assert overlap["gradient"] < overlap["magnitude"] - 0.1, overlap
 
 
 def test_per_pattern_targets_and_m_by_n(tmp_path, small_bert_dir):
@@ -64,6 +86,9 @@ def test_impossible_configs(tmp_path, small_bert_dir):
          "stages[0].initial_sparsity", "above final_sparsity"),
         ("stages=[{type: prune, m_by_n: [4, 2]}]", "stages[0].m_by_n", "0 < M < N"),
         ("stages=[{type: prune, include: ['(']}]", "stages[0].include[0]", "invalid regex"),
+        ("stages=[{type: prune, criterion: gradient, m_by_n: [2, 4]}]", "stages[0].m_by_n",
+         "magnitude-only"),
+        ("stages=[{type: prune, criterion: fisher}]", "stages[0].criterion", "taylor"),
     ]:
         with pytest.raises(RecipeError) as err:
             load_recipe(tiny, [override])

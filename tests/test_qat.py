@@ -60,3 +60,15 @@ def test_prune_then_qat_preserves_sparsity(tmp_path, small_bert_dir):
     assert report["scheme"] == "prune_preserve"
     # zeros counted in the int8 TFLite weights the QAT model converts to
     assert report["int8_zeros"]["after"] >= 0.99 * report["int8_zeros"]["before"] > 0
+
+
+def test_qat_self_distillation(tmp_path, small_bert_dir):
+    """alpha < 1: the int8 model also learns the float model's outputs (KL), which is
+    recorded; the stage still returns the quantized model."""
+    context, chain, model = run_chain(tmp_path, small_bert_dir,
+                                      "[{type: qat, steps: 6, batch_size: 8, alpha: 0.0, "
+                                      "evals: 2}]")
+    report = chain[0][1].report
+    first, last = report["kl_to_float"]
+    assert np.isfinite(first) and np.isfinite(last) and first >= 0
+    assert any(type(l).__name__ == "QuantizeWrapperV2" for l in model.layers)

@@ -17,6 +17,7 @@ class Context:
     validation: object      # EncodedSplit
     run_dir: str
     stage_dir: str = ""
+    backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see pipeline)
     is_chief: bool = True
     stage_started: float = 0.0
     previous_stages: list = dataclasses.field(default_factory=list)  # types run before
@@ -40,6 +41,9 @@ class Context:
 
     def validation_dataset(self):
         return self.validation.eval_dataset(self.recipe.evaluate.batch_size, True)[0]
+
+    def backup_path(self):
+        return self.backup_dir or self.path("backup")
 
     def path(self, *parts):
         """A path in this stage's directory (workers other than the chief get a temp dir)."""

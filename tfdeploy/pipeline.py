@@ -62,7 +62,9 @@ def prepare(recipe, opts):
     chosen = select_stages(recipe, opts)
     context = Context(recipe, strategy, info, plugin, task, train, validation, run_dir="",
                       is_chief=strategies.is_chief(strategy))
-    return context, [(s, stages.create(s)) for s in chosen]
+    stage_list = [(s, stages.create(s)) for s in chosen]
+    stages.check_strategy(stage_list, info)
+    return context, stage_list
 
 
 def preflight(context, stage_list):
@@ -150,6 +152,7 @@ def _run(recipe, opts, context, stage_list):
         digest = fingerprint(digest, to_dict(cfg))
         reached_start = reached_start or cfg.name == opts.start_from
         context.stage_dir = os.path.join(run_dir, f"{index}-{cfg.name}")
+        context.backup_dir = backup_dir(recipe, opts, context, digest)
         scopes.extend(stage.load_scopes())
         context.previous_stages = [c.type for c, _ in stage_list[:index]]
         cached = None
@@ -199,6 +202,15 @@ def _run(recipe, opts, context, stage_list):
     return summary
 
 
+def backup_dir(recipe, opts, context, digest):
+    """Where BackupAndRestore keeps a running stage's state: keyed by the stage's hash and
+    the replica count, not by run directory, so that every worker of a multi-worker run
+    (which shares the output directory but not the chief's run id) and a restarted worker
+    read the same backup. One run per stage config at a time per output directory."""
+    root = opts.output_dir or recipe.output.dir
+    return os.path.join(root, ".backups", f"{recipe.name}-{digest[:16]}-r{context.replicas}")
+
+
 def run_stage(stage, cfg, model, context, digest):
     stage_dir = context.stage_dir
     started = os.path.join(stage_dir, "started.json")
@@ -210,7 +222,7 @@ def run_stage(stage, cfg, model, context, digest):
                 # A finished output of another config stays a cache entry, never deleted.
                 os.replace(stage_dir, f"{stage_dir}.{previous}")
             else:
-                shutil.rmtree(stage_dir)  # unfinished, another config: its backups are not ours
+                shutil.rmtree(stage_dir)  # unfinished, another config: not ours
     os.makedirs(stage_dir, exist_ok=True)
     atomic_write_json(started, {"hash": digest})
     print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
@@ -224,7 +236,7 @@ def run_stage(stage, cfg, model, context, digest):
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
     if context.is_chief:
         checkpoint.save(model, stage_dir)
-        shutil.rmtree(os.path.join(stage_dir, "backup"), ignore_errors=True)  # finished
+        shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
     return model
 
 

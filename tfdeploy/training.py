@@ -7,6 +7,7 @@ backs up each evaluation period so a killed run (or a restarted worker) resumes.
 import dataclasses
 import json
 import math
+import os
 import sys
 from typing import Literal
 
@@ -139,7 +140,11 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
         extra.append(keep)
     # Backups make a killed stage resume at its last evaluation, not from scratch.
     if not isinstance(context.strategy, tf.distribute.OneDeviceStrategy):  # unsupported there
-        extra.append(keras.callbacks.BackupAndRestore(context.path("backup")))
+        backup = context.backup_path()
+        found = tf.train.latest_checkpoint(os.path.join(backup, "chief"))
+        if found:
+            print(f"  resuming from backup {found}", flush=True)
+        extra.append(keras.callbacks.BackupAndRestore(backup))
     if context.recipe.output.tensorboard:
         extra.append(keras.callbacks.TensorBoard(context.path("tensorboard"),
                                                  update_freq=max(1, per_period // 10)))

@@ -60,6 +60,179 @@ def convert(model, input_specs, opset=17):
     return proto
 
 
+def _const(graph, name):
+    """The value of an initializer or Constant node output, or None."""
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def fuse_gelu(proto):
+    """Replace TF's exact GELU, ``0.5 * x * erfc(-x / sqrt(2))`` as converted
+    (Neg, Mul, Erf, Sub, Mul, Mul), with ORT's ``com.microsoft.Gelu`` (the same exact erf
+    GELU, one kernel; ORT then fuses the bias into BiasGelu). ORT's own Gelu fusion only
+    knows the ``1 + erf`` form. Returns the number of GELUs fused."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def is_const(name, value):
+        got = _const(graph, name)
+        return got is not None and got.size == 1 and abs(float(got) - value) < 1e-5
+
+    def other(node, name):
+        return node.input[1] if node.input[0] == name else node.input[0]
+
+    def only_consumer(name):
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    fused, remove = 0, set()
+    for erf in [n for n in graph.node if n.op_type == "Erf"]:
+        scale = producer.get(erf.input[0])
+        if scale is None or scale.op_type != "Mul":
+            continue
+        neg = next((producer.get(i) for i in scale.input
+                    if producer.get(i) is not None and producer[i].op_type == "Neg"), None)
+        if neg is None or not is_const(other(scale, neg.output[0]), 0.5 ** 0.5):
+            continue
+        x = neg.input[0]
+        sub = only_consumer(erf.output[0])
+        if sub is None or sub.op_type != "Sub" or sub.input[1] != erf.output[0] \
+                or not is_const(sub.input[0], 1.0):
+            continue
+        out = only_consumer(sub.output[0])
+        if out is None or out.op_type != "Mul":
+            continue
+        half = producer.get(other(out, sub.output[0]))
+        if half is None or half.op_type != "Mul" or x not in half.input \
+                or not is_const(other(half, x), 0.5):
+            continue
+        chain = [neg, scale, erf, sub, half]
+        if any(len(consumers.get(n.output[0], [])) != 1 for n in chain):
+            continue
+        gelu = helper.make_node("Gelu", [x], list(out.output), name=out.name + "_gelu",
+                                domain="com.microsoft")
+        out.CopyFrom(gelu)  # keeps the node's place in topological order
+        if not any(v.name == out.output[0] for v in graph.value_info):
+            # ONNX shape inference does not know com.microsoft ops; the quantizer needs types
+            graph.value_info.append(helper.make_tensor_value_info(
+                out.output[0], TensorProto.FLOAT, None))
+        remove.update(n.output[0] for n in chain)  # protobuf wrappers have no stable id
+        fused += 1
+    if fused:
+        kept = [n for n in graph.node if not (n.output and n.output[0] in remove)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+def fuse_attention(proto, num_heads, hidden_size):
+    """Replace each of our BERT's self-attention blocks (Q/K/V projections on token rows,
+    reshapes, scaled scores + mask bias, softmax, context) with one ORT
+    ``com.microsoft.Attention`` op, which the int8 quantizer turns into ``QAttention``.
+    ORT's own attention fusion only matches the graphs of the exporters it knows. Blocks
+    are found by our layer names (``layer_N_attention_query`` ...); the parity check of
+    every exported artifact against Keras guards the rewrite. Returns the count fused."""
+    import re
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    by_name = {n.name: n for n in graph.node}
+    inputs = {i.name for i in graph.input}
+    if not {"input_ids", "attention_mask"} <= inputs:
+        return 0
+    blocks = {}
+    for node in graph.node:
+        m = re.fullmatch(r"(.*?)(layer_\d+)_attention_query/MatMul", node.name)
+        if m:
+            blocks[m.group(2)] = m.group(1)
+    new_front, new_before, fused = [], {}, 0
+    shape3 = "tfdeploy_attention_shape3"
+    for layer, prefix in sorted(blocks.items()):
+        parts = {}
+        for part in ("query", "key", "value"):
+            mm = by_name.get(f"{prefix}{layer}_attention_{part}/MatMul")
+            add = by_name.get(f"{prefix}{layer}_attention_{part}/BiasAdd")
+            if mm is None or add is None:
+                break
+            weight = _const(graph, mm.input[1])
+            bias = _const(graph, add.input[1] if add.input[0] == mm.output[0] else add.input[0])
+            if weight is None or bias is None:
+                break
+            parts[part] = (mm.input[0], weight, bias)
+        out = by_name.get(f"{prefix}{layer}_attention_output/MatMul")
+        if len(parts) != 3 or out is None or len({p[0] for p in parts.values()}) != 1:
+            continue
+        rows = parts["query"][0]
+        qkv_w = np.concatenate([parts[p][1] for p in ("query", "key", "value")], axis=1)
+        qkv_b = np.concatenate([parts[p][2] for p in ("query", "key", "value")])
+        name = f"tfdeploy_{layer}_attention"
+        graph.initializer.extend([numpy_helper.from_array(qkv_w.astype(np.float32), name + "_qkv_w"),
+                                  numpy_helper.from_array(qkv_b.astype(np.float32), name + "_qkv_b")])
+        new_before[out.name] = [
+            helper.make_node("Reshape", [rows, shape3], [name + "_in"], name=name + "_in"),
+            helper.make_node("Attention", [name + "_in", name + "_qkv_w", name + "_qkv_b",
+                                           "attention_mask"], [name + "_out"], name=name,
+                             domain="com.microsoft", num_heads=num_heads),
+            helper.make_node("Reshape", [name + "_out", "tfdeploy_attention_rows"],
+                             [name + "_rows"], name=name + "_rows")]
+        graph.value_info.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                for n in (name + "_in", name + "_out", name + "_rows"))
+        out.input[0] = name + "_rows"
+        fused += 1
+    if not fused:
+        return 0
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([hidden_size], np.int64), "tfdeploy_hidden"),
+        numpy_helper.from_array(np.array([-1, hidden_size], np.int64),
+                                "tfdeploy_attention_rows")])
+    new_front = [
+        helper.make_node("Shape", ["input_ids"], ["tfdeploy_ids_shape"]),
+        helper.make_node("Concat", ["tfdeploy_ids_shape", "tfdeploy_hidden"], [shape3],
+                         axis=0)]
+    nodes = list(new_front)
+    for node in graph.node:
+        nodes.extend(new_before.get(node.name, []))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unused(graph)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+def _drop_unused(graph):
+    """Remove nodes and initializers nothing reads any more (the replaced subgraphs)."""
+    while True:
+        used = {o.name for o in graph.output}
+        for node in graph.node:
+            used.update(node.input)
+        kept = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    kept_init = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_init)
+
+
 def optimize(proto, num_heads=0, hidden_size=0):
     """ORT transformer optimizer (fusions); returns a ModelProto.
 
@@ -94,6 +267,9 @@ def export(model, input_specs, fp32_path, int8_path=None, opset=17, num_heads=0,
            hidden_size=0):
     """Write onnx_fp32 (and onnx_int8 if asked); return the paths written."""
     proto = convert(model, input_specs, opset)
+    fuse_gelu(proto)
+    if num_heads:
+        fuse_attention(proto, num_heads, hidden_size)
     if num_heads:  # the transformer optimizer only knows transformer patterns
         proto = optimize(proto, num_heads, hidden_size)
     atomic_write_bytes(fp32_path, proto.SerializeToString())

@@ -5,6 +5,7 @@ A stage is a class decorated ``@STAGES.register("type")`` with a ``Config`` data
 pipeline hands it a model built inside ``context.strategy.scope()``; the stage compiles and
 trains inside that scope too, and uses ``context`` for data at the global batch size.
 """
+from tfdeploy.errors import TfdeployError
 from tfdeploy.recipe.fields import Registry, StageConfig, import_submodules
 
 STAGES = Registry("stage")
@@ -13,6 +14,8 @@ StageConfig.registry = STAGES
 
 class Stage:
     Config = StageConfig
+    # Why this stage cannot run under TPUStrategy, or None if it can (plain Keras training).
+    tpu_unsupported = None
 
     def __init__(self, config):
         self.config = config
@@ -32,6 +35,17 @@ class Stage:
 
 def create(config):
     return STAGES.get(config.type)(config)
+
+
+def check_strategy(stage_list, strategy_info):
+    """Refuse, before any work, stages that cannot run on the chosen devices."""
+    if strategy_info.get("device_kind") != "tpu":
+        return
+    refused = [f"stage {cfg.name} ({cfg.type}): {stage.tpu_unsupported}"
+               for cfg, stage in stage_list if stage.tpu_unsupported]
+    if refused:
+        raise TfdeployError("these stages cannot run on TPU; run them with --strategy "
+                            "mirrored or cpu and export from there:\n  " + "\n  ".join(refused))
 
 
 import_submodules(__name__, __path__)

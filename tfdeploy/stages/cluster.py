@@ -23,6 +23,9 @@ INITS = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR",
 
 @STAGES.register("cluster")
 class Cluster(Stage):
+    tpu_unsupported = ("TFMOT 0.8.1 supports clustering on CPU/GPU only (no TPU support "
+                       "documented or tested)")
+
     @dataclasses.dataclass(kw_only=True)
     class Config(StageConfig, FitConfig, LayerSelection):
         """Weight clustering with fine-tuning. Fit fields as in train."""

@@ -75,6 +75,13 @@ class Distiller(keras.Model):
         return [self.ce_tracker, self.kl_tracker] + super().metrics
 
 
+def compile_distiller(distiller, optimizer, context):
+    with context.strategy.scope():
+        distiller.compile(optimizer=optimizer,
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
 @STAGES.register("distill")
 class Distill(Stage):
     @dataclasses.dataclass(kw_only=True)
@@ -142,21 +149,13 @@ class Distill(Stage):
         print(f"  teacher {teacher.count_params():,} parameters -> student "
               f"{student.count_params():,}", flush=True)
 
-        def compile_fn(distiller, optimizer, ctx):
-            with ctx.strategy.scope():
-                distiller.compile(optimizer=optimizer,
-                                  loss=keras.losses.SparseCategoricalCrossentropy(
-                                      from_logits=True),
-                                  metrics=[keras.metrics.SparseCategoricalAccuracy(
-                                      name="accuracy")])
-
         with context.strategy.scope():
             distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
                                   context.global_batch(cfg.batch_size))
             # Built before fit, so BackupAndRestore can checkpoint it.
             _, sample = next(context.validation.numpy_batches(2))
             distiller(sample)
-        history = fit(distiller, context, cfg, compile_fn=compile_fn)
+        history = fit(distiller, context, cfg, compile_fn=compile_distiller)
         self.report = {"teacher_params": int(teacher.count_params()),
                        "student_params": int(student.count_params()),
                        "kl_first": history.get("kl", [None])[0],

@@ -1,5 +1,8 @@
 """`prune`: magnitude (TFMOT) or gradient-based pruning on a schedule, then stripped.
 
+The gradient criterion (movement or Taylor scores) lives in ``prune_scores``; it reuses
+TFMOT's wrappers, schedule and stripping, and changes only which weights a mask keeps.
+
 TFMOT only updates masks when ``(step - begin) % frequency == 0``, so an end step that the
 frequency does not divide never reaches the final sparsity; the end step is aligned down
 to the last step it does divide, and the measured sparsity is checked after the stage.
@@ -14,7 +17,8 @@ import tf_keras as keras
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
-from tfdeploy.stages import STAGES, Stage
+from tfdeploy.stages import STAGES, Stage, prune_scores
+from tfdeploy.stages.prune_scores import CRITERIA
 from tfdeploy.training import FitConfig, fit, step_plan
 
 
@@ -68,6 +72,9 @@ def make_schedule(cfg, begin, end, frequency, final=None):
 
 @STAGES.register("prune")
 class Prune(Stage):
+    tpu_unsupported = ("TFMOT's pruning wrapper updates its masks with merge_call, which "
+                       "TPUStrategy does not support inside a replica")
+
     @dataclasses.dataclass(kw_only=True)
     class Config(StageConfig, FitConfig, ScheduleConfig, LayerSelection):
         """Pruning with fine-tuning. Fit fields (epochs, learning_rate, ...) as in train."""
@@ -83,8 +90,10 @@ class Prune(Stage):
         policy: Literal["none", "xnnpack"] = field("none", doc="xnnpack: "
                                                                "PruneForLatencyOnXNNPack "
                                                                "(CNNs).")
-        criterion: Literal["magnitude"] = field(
-            "magnitude", doc="magnitude: TFMOT's |w| (gradient-based criteria: planned).")
+        criterion: Literal[("magnitude",) + CRITERIA] = field(
+            "magnitude", doc="magnitude: TFMOT's |w|. Gradient criteria, scores summed over "
+                             "every step, same schedule: gradient = movement (-w*dL/dw, "
+                             "Sanh et al. 2020); taylor = first-order Taylor |w*dL/dw|.")
         learning_rate: float = field(3e-5, gt=0, doc="Peak learning rate.")
 
         def check(self):
@@ -98,6 +107,13 @@ class Prune(Stage):
                 yield ("m_by_n", f"{self.m_by_n} is not [M, N] with 0 < M < N")
             if len(self.block_size) != 2 or min(self.block_size) < 1:
                 yield ("block_size", f"{self.block_size} is not [rows, cols] >= 1")
+            if self.criterion != "magnitude":
+                for key, plain in (("block_size", self.block_size == [1, 1]),
+                                   ("m_by_n", self.m_by_n is None),
+                                   ("policy", self.policy == "none")):
+                    if not plain:
+                        yield (key, "is magnitude-only; criterion gradient scores single "
+                                    "weights")
 
     def _cannot(self, layer):
         cfg = self.config
@@ -138,16 +154,17 @@ class Prune(Stage):
         names = self.chosen(model)
         total, _, _ = step_plan(context, cfg)
         begin, end, frequency = schedule_steps(cfg, context, total)
-        print(f"  pruning {len(names)} layers: steps {begin}..{end} every {frequency} "
-              f"(stage: {total} steps)", flush=True)
-        model = self._magnitude(model, context, names, (begin, end, frequency))
+        print(f"  pruning {len(names)} layers ({cfg.criterion}): steps {begin}..{end} every "
+              f"{frequency} (stage: {total} steps)", flush=True)
+        model = self._prune(model, context, names, (begin, end, frequency))
         self.report = sparsity_report(model, names)
         self.report["schedule"] = {"begin": begin, "end": end, "frequency": frequency}
+        self.report["criterion"] = cfg.criterion
         self.verify(names)
         print(f"  measured sparsity {self.report['sparsity']:.4f}", flush=True)
         return model
 
-    def _magnitude(self, model, context, names, steps):
+    def _prune(self, model, context, names, steps):
         cfg = self.config
         begin, end, frequency = steps
         kwargs = {"block_size": tuple(cfg.block_size)}
@@ -169,6 +186,9 @@ class Prune(Stage):
                     pruning_policy=tfmot.sparsity.keras.PruneForLatencyOnXNNPack())
             else:
                 pruned = keras.models.clone_model(model, clone_function=wrap)
+        if cfg.criterion != "magnitude":
+            pairs = prune_scores.attach(pruned, context.strategy)
+            prune_scores.install_train_step(pruned, pairs, cfg.criterion)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         # Never restore "best" weights from before the final sparsity was reached.
         fit(pruned, context, dataclasses.replace(cfg, keep_best=False), callbacks)

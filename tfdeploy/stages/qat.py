@@ -148,6 +148,9 @@ def tflite_structure(model, context):
 
 @STAGES.register("qat")
 class QAT(Stage):
+    tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
+                       "support documented or tested)")
+
     @dataclasses.dataclass(kw_only=True)
     class Config(StageConfig, FitConfig, LayerSelection):
         """Quantization-aware fine-tuning. Fit fields (epochs, learning_rate, ...) as in
@@ -159,6 +162,11 @@ class QAT(Stage):
         learning_rate: float = field(2e-5, gt=0, doc="Peak learning rate.")
         min_weights: int = field(0, ge=0, doc="Skip layers whose main weight has fewer "
                                               "elements (default: quantize every matmul).")
+        alpha: float = field(1.0, ge=0, le=1, doc="Weight of the label cross-entropy; 1 - "
+                                                  "alpha weighs a KL to the float model "
+                                                  "entering the stage (self-distillation: "
+                                                  "keeps the int8 model close to it).")
+        temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
 
     def preflight(self, model, context):
         name, _ = scheme_for(self.config.scheme, getattr(context, "previous_stages", []))
@@ -194,11 +202,27 @@ class QAT(Stage):
         with context.strategy.scope(), self.load_scopes()[0]():
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-        fit(quantized, context, cfg)
         self.report = {"scheme": scheme_name, "layers": len(names)}
+        if cfg.alpha < 1:
+            self.report.update(self._fit_distilled(quantized, model, context))
+        else:
+            fit(quantized, context, cfg)
         if scheme_name != "default":
             self.verify(scheme_name, before, tflite_structure(quantized, context))
         return quantized
+
+    def _fit_distilled(self, quantized, teacher, context):
+        """Train the QAT model on alpha*CE + (1-alpha)*T^2*KL to the frozen float model."""
+        from tfdeploy.stages.distill import Distiller, compile_distiller
+
+        cfg = self.config
+        with context.strategy.scope():
+            distiller = Distiller(quantized, teacher, cfg.alpha, cfg.temperature,
+                                  context.global_batch(cfg.batch_size))
+            _, sample = next(context.validation.numpy_batches(2))
+            distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
+        history = fit(distiller, context, cfg, compile_fn=compile_distiller)
+        return {"kl_to_float": [history["kl"][0], history["kl"][-1]]}
 
     def verify(self, scheme, before, after):
         """The preserved structure must survive into the int8 weights; fail if not."""

@@ -1,0 +1,60 @@
+"""Pruning criteria side by side: the same fine-tuned model, schedule, data and step budget
+(recipes/bert_prune80_qat.yaml's prune stage, 80% sparsity), pruned by magnitude (TFMOT),
+movement scores (`gradient`) and first-order Taylor scores (`taylor`); one table of SST-2
+dev accuracy (Keras, after stripping) and measured sparsity.
+
+Each criterion is its own recipe run (name bert_prune80_<criterion>); finished stages are
+reused from the stage cache, so a criterion already measured is read, not rerun.
+
+    python bench/prune_criteria.py [--criteria magnitude,gradient] [--recipe ...]
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(recipe, criterion, output_dir):
+    name = f"bert_prune80_{criterion}"
+    cmd = [sys.executable, "-m", "tfdeploy.run", recipe, "--resume",
+           "--stages=finetune,prune", f"--set=name={name}", "--set=export.formats=[]",
+           "--set=benchmark.enabled=false", f"--set=stages.1.criterion={criterion}"]
+    if output_dir:
+        cmd.append(f"--output_dir={output_dir}")
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    runs = sorted(glob.glob(os.path.join(output_dir or os.path.join(ROOT, "runs"), name, "*",
+                                         "metrics.json")))
+    with open(runs[-1]) as f:
+        metrics = json.load(f)
+    return metrics
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=os.path.join(ROOT, "recipes",
+                                                         "bert_prune80_qat.yaml"))
+    parser.add_argument("--criteria", default="magnitude,gradient")
+    parser.add_argument("--output_dir", default="")
+    args = parser.parse_args()
+    rows = []
+    for criterion in args.criteria.split(","):
+        metrics = run(args.recipe, criterion, args.output_dir)
+        base, pruned = metrics["records"][0], metrics["records"][1]
+        report = pruned.get("stage_report") or {}  # kept in eval.json, cached or not
+        rows.append((criterion, base["metrics"]["accuracy"], pruned["metrics"]["accuracy"],
+                     report.get("sparsity"), report.get("schedule")))
+    print("\n| criterion | fine-tuned | pruned (Keras) | drop (points) | sparsity | schedule |")
+    print("|---|---|---|---|---|---|")
+    for criterion, base, acc, sparsity, schedule in rows:
+        sp = f"{sparsity:.4f}" if sparsity is not None else "?"
+        print(f"| {criterion} | {base:.4f} | {acc:.4f} | {100 * (base - acc):.2f} | {sp} | "
+              f"{schedule} |")
+
+
+if __name__ == "__main__":
+    main()
