@@ -18,7 +18,7 @@ def run_stage(tmp_path, ckpt, *overrides):
 @pytest.mark.parametrize("steps,frequency,schedule,criterion", [
     (37, 10, "polynomial", "magnitude"), (13, 5, "constant", "magnitude"),
     (9, 100, "polynomial", "magnitude"), (37, 10, "polynomial", "gradient"),
-    (13, 5, "constant", "taylor")])
+    (13, 5, "constant", "taylor"), (13, 5, "polynomial", "magnitude, alpha: 0.5")])
 def test_sparsity_reaches_target_for_awkward_steps(tmp_path, small_bert_dir, steps, frequency,
                                                    schedule, criterion):
     stage, model, _ = run_stage(tmp_path, small_bert_dir,
@@ -89,6 +89,8 @@ def test_impossible_configs(tmp_path, small_bert_dir):
         ("stages=[{type: prune, criterion: gradient, m_by_n: [2, 4]}]", "stages[0].m_by_n",
          "magnitude-only"),
         ("stages=[{type: prune, criterion: fisher}]", "stages[0].criterion", "taylor"),
+        ("stages=[{type: prune, criterion: taylor, alpha: 0.5}]", "stages[0].alpha",
+         "not combined"),
     ]:
         with pytest.raises(RecipeError) as err:
             load_recipe(tiny, [override])

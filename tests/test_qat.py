@@ -69,6 +69,6 @@ def test_qat_self_distillation(tmp_path, small_bert_dir):
                                       "[{type: qat, steps: 6, batch_size: 8, alpha: 0.0, "
                                       "evals: 2}]")
     report = chain[0][1].report
-    first, last = report["kl_to_float"]
+    first, last = report["kl_to_teacher"]
     assert np.isfinite(first) and np.isfinite(last) and first >= 0
     assert any(type(l).__name__ == "QuantizeWrapperV2" for l in model.layers)

@@ -89,6 +89,28 @@ def test_distillation_reduces_kl_and_keeps_teacher_frozen(tmp_path, small_bert_d
     assert len([l for l in student.layers if l.name.endswith("_intermediate")]) == 1
 
 
+def test_hidden_state_distillation(tmp_path, small_bert_dir):
+    """Uniform layer mapping (2-layer teacher -> 1 layer: student 1 learns teacher 2) and
+    the hidden-state MSE falls; a fresh student works too."""
+    recipe, context, chain, model = stage_context(
+        tmp_path, small_bert_dir,
+        "stages=[{type: distill, student_layers: [0], alpha: 0.0, hidden_weight: 1.0, "
+        "steps: 24, evals: 3, learning_rate: 1.0e-3, batch_size: 16}]")
+    context.previous_stages = ["train"]
+    stage = chain[0][1]
+    stage.run(model, context)
+    assert [list(p) for p in stage.report["hidden_pairs"]] == [[0, 0], [1, 2]]
+    first, last = stage.report["hidden_mse"]
+    assert last < first
+    recipe, context, chain, model = stage_context(
+        tmp_path / "fresh", small_bert_dir,
+        "stages=[{type: distill, student: {layers: [0]}, hidden_weight: 1.0, steps: 4, "
+        "batch_size: 8}]")
+    context.previous_stages = ["train"]
+    chain[0][1].run(model, context)
+    assert np.isfinite(chain[0][1].report["hidden_mse"][-1])
+
+
 def test_distill_errors(tmp_path, small_bert_dir):
     recipe, context, chain, model = stage_context(
         tmp_path, small_bert_dir, "stages=[{type: distill, student_layers: [0]}]")

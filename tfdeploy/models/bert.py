@@ -369,6 +369,19 @@ class Bert(ModelPlugin):
                 layer.set_weights(teacher.get_layer(source).get_weights())
         return student
 
+    @staticmethod
+    def hidden_states(model):
+        """(embedding output, then each encoder layer's output) as token rows, plus the
+        [rows, 1] weight of real (unpadded) tokens: what a hidden-state distillation loss
+        compares."""
+        count = sum(1 for l in model.layers if l.name.endswith("_output_layernorm"))
+        names = ["embeddings_layernorm"] + [f"layer_{i}_output_layernorm" for i in range(count)]
+        return [model.get_layer(n).output for n in names]
+
+    @staticmethod
+    def row_weights(inputs):
+        return tf.reshape(tf.cast(inputs["attention_mask"], tf.float32), [-1, 1])
+
     def synthetic_inputs(self, batch, seq_length, seed=0):
         from tfdeploy.bench import synthetic_inputs
         return synthetic_inputs(batch, seq_length, self.bert_config.vocab_size, seed)

@@ -20,16 +20,53 @@ from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit
 
 
-class Distiller(keras.Model):
-    """Wraps student and frozen teacher; ``fit`` trains the student on the mixed loss."""
+class HiddenStates:
+    """Pairs student hidden states with teacher ones (uniform mapping, as TinyBERT: student
+    layer j learns teacher layer (j+1)*T/S - 1; embeddings learn embeddings), a linear
+    projection where widths differ, and the mean squared error over real tokens."""
 
-    def __init__(self, student, teacher, alpha, temperature, global_batch):
+    def __init__(self, plugin, student, teacher, weight):
+        s_states, t_states = plugin.hidden_states(student), plugin.hidden_states(teacher)
+        s_layers, t_layers = len(s_states) - 1, len(t_states) - 1
+        pairs = [(0, 0)] + [(j + 1, round((j + 1) * t_layers / s_layers))
+                            for j in range(s_layers)]
+        self.pairs, self.weight, self.row_weights = pairs, weight, plugin.row_weights
+        self.student = keras.Model(student.inputs, [student.output] +
+                                   [s_states[s] for s, _ in pairs])
+        self.teacher = keras.Model(teacher.inputs, [teacher.output] +
+                                   [t_states[t] for _, t in pairs])
+        self.projections = [
+            keras.layers.Dense(t_states[t].shape[-1], name=f"hidden_projection_{s}")
+            if s_states[s].shape[-1] != t_states[t].shape[-1] else None for s, t in pairs]
+
+    def loss(self, inputs, student_states, teacher_states):
+        rows = self.row_weights(inputs)
+        total = 0.0
+        for proj, s, t in zip(self.projections, student_states, teacher_states):
+            s = proj(s) if proj is not None else s
+            total += tf.reduce_sum(tf.square(s - t) * rows) / (
+                tf.reduce_sum(rows) * tf.cast(tf.shape(s)[-1], tf.float32))
+        return total / len(self.pairs)
+
+    def variables(self):
+        return [v for p in self.projections if p is not None for v in p.trainable_variables]
+
+
+class Distiller(keras.Model):
+    """Wraps student and frozen teacher; ``fit`` trains the student on the mixed loss
+    (plus ``hidden.weight`` x the hidden-state MSE when ``hidden`` is given)."""
+
+    def __init__(self, student, teacher, alpha, temperature, global_batch, hidden=None):
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
         self.alpha, self.temperature, self.global_batch = alpha, temperature, global_batch
+        self.hidden = hidden
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.hidden_tracker = keras.metrics.Mean(name="hidden_mse")
+        if hidden is not None:
+            self.projections = [p for p in hidden.projections if p is not None]  # tracked
 
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
@@ -45,22 +82,36 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y = data
-        teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
+        hidden = self.hidden
+        if hidden is None:
+            teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
+        else:
+            teacher_logits, *teacher_states = [
+                tf.stop_gradient(t) for t in hidden.teacher(x, training=False)]
         with tf.GradientTape() as tape:
-            student_logits = self.student(x, training=True)
+            if hidden is None:
+                student_logits = self.student(x, training=True)
+            else:
+                student_logits, *student_states = hidden.student(x, training=True)
             ce, kl = self.losses_per_example(y, student_logits, teacher_logits)
             per_example = self.alpha * ce + (1 - self.alpha) * kl
             # Scaled by the *global* batch: replicas' gradients are summed.
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-        variables = self.student.trainable_variables
+            if hidden is not None:
+                mse = hidden.loss(x, student_states, teacher_states)
+                loss += tf.nn.scale_regularization_loss(hidden.weight * mse)
+        variables = self.student.trainable_variables + (hidden.variables() if hidden else [])
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         self.compiled_metrics.update_state(y, student_logits)
         self.ce_tracker.update_state(ce)
         self.kl_tracker.update_state(kl)
-        return {"distill_loss": self.ce_tracker.result() * self.alpha +
-                self.kl_tracker.result() * (1 - self.alpha),
-                "ce": self.ce_tracker.result(), "kl": self.kl_tracker.result(),
-                **{m.name: m.result() for m in self.compiled_metrics.metrics}}
+        out = {"distill_loss": self.ce_tracker.result() * self.alpha +
+               self.kl_tracker.result() * (1 - self.alpha),
+               "ce": self.ce_tracker.result(), "kl": self.kl_tracker.result()}
+        if hidden is not None:
+            self.hidden_tracker.update_state(mse)
+            out["hidden_mse"] = self.hidden_tracker.result()
+        return {**out, **{m.name: m.result() for m in self.compiled_metrics.metrics}}
 
     def test_step(self, data):
         x, y = data
@@ -72,7 +123,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        return [self.ce_tracker, self.kl_tracker] + super().metrics
+        return [self.ce_tracker, self.kl_tracker, self.hidden_tracker] + super().metrics
 
 
 def compile_distiller(distiller, optimizer, context):
@@ -80,6 +131,18 @@ def compile_distiller(distiller, optimizer, context):
         distiller.compile(optimizer=optimizer,
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+
+def fit_distilled(student, teacher, context, cfg, callbacks=()):
+    """Fit ``student`` on cfg.alpha * CE + (1 - cfg.alpha) * T^2 * KL to the frozen
+    ``teacher`` (used by qat and prune to stay close to the model entering the stage)."""
+    with context.strategy.scope():
+        distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
+                              context.global_batch(cfg.batch_size))
+        _, sample = next(context.validation.numpy_batches(2))
+        distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
+    history = fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)
+    return {"kl_to_teacher": [history["kl"][0], history["kl"][-1]]}
 
 
 @STAGES.register("distill")
@@ -99,6 +162,12 @@ class Distill(Stage):
         alpha: float = field(0.5, ge=0, le=1, doc="Weight of the label cross-entropy; "
                                                   "1 - alpha weighs the distillation KL.")
         temperature: float = field(2.0, gt=0, doc="Softmax temperature for the KL term.")
+        hidden_weight: float = field(0.0, ge=0, doc="Weight of a hidden-state loss: MSE "
+                                                    "between student layer j and teacher "
+                                                    "layer (j+1)*T/S - 1 (and embeddings), "
+                                                    "over real tokens, with a learned "
+                                                    "projection where widths differ. "
+                                                    "0 = off.")
         learning_rate: float = field(1e-4, gt=0, doc="Peak learning rate.")
 
         def check(self):
@@ -150,14 +219,28 @@ class Distill(Stage):
               f"{student.count_params():,}", flush=True)
 
         with context.strategy.scope():
+            hidden = None
+            if cfg.hidden_weight:
+                if not hasattr(context.plugin, "hidden_states"):
+                    raise StageError(f"distill: hidden_weight needs a model with hidden "
+                                     f"states; {context.plugin.config.type} has none")
+                hidden = HiddenStates(context.plugin, student, teacher, cfg.hidden_weight)
             distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
-                                  context.global_batch(cfg.batch_size))
+                                  context.global_batch(cfg.batch_size), hidden)
             # Built before fit, so BackupAndRestore can checkpoint it.
             _, sample = next(context.validation.numpy_batches(2))
             distiller(sample)
+            if hidden is not None:  # projections too, for the same reason
+                for k, proj in enumerate(hidden.projections):
+                    if proj is not None:
+                        proj.build(hidden.student.outputs[1 + k].shape)
         history = fit(distiller, context, cfg, compile_fn=compile_distiller)
         self.report = {"teacher_params": int(teacher.count_params()),
                        "student_params": int(student.count_params()),
                        "kl_first": history.get("kl", [None])[0],
                        "kl_last": history.get("kl", [None])[-1]}
+        if hidden is not None:
+            self.report["hidden_pairs"] = hidden.pairs
+            self.report["hidden_mse"] = [history["hidden_mse"][0],
+                                         history["hidden_mse"][-1]]
         return student

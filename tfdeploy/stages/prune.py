@@ -95,6 +95,11 @@ class Prune(Stage):
                              "every step, same schedule: gradient = movement (-w*dL/dw, "
                              "Sanh et al. 2020); taylor = first-order Taylor |w*dL/dw|.")
         learning_rate: float = field(3e-5, gt=0, doc="Peak learning rate.")
+        alpha: float = field(1.0, ge=0, le=1, doc="Weight of the label cross-entropy; 1 - "
+                                                  "alpha weighs a KL to the dense model "
+                                                  "entering the stage (distillation helps "
+                                                  "the pruned model recover).")
+        temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
 
         def check(self):
             yield from ScheduleConfig.check(self)
@@ -107,6 +112,9 @@ class Prune(Stage):
                 yield ("m_by_n", f"{self.m_by_n} is not [M, N] with 0 < M < N")
             if len(self.block_size) != 2 or min(self.block_size) < 1:
                 yield ("block_size", f"{self.block_size} is not [rows, cols] >= 1")
+            if self.criterion != "magnitude" and self.alpha < 1:
+                yield ("alpha", "distillation is not combined with the gradient criteria yet "
+                                "(their scores need the stage's own training step)")
             if self.criterion != "magnitude":
                 for key, plain in (("block_size", self.block_size == [1, 1]),
                                    ("m_by_n", self.m_by_n is None),
@@ -156,10 +164,11 @@ class Prune(Stage):
         begin, end, frequency = schedule_steps(cfg, context, total)
         print(f"  pruning {len(names)} layers ({cfg.criterion}): steps {begin}..{end} every "
               f"{frequency} (stage: {total} steps)", flush=True)
-        model = self._prune(model, context, names, (begin, end, frequency))
+        model, extra = self._prune(model, context, names, (begin, end, frequency))
         self.report = sparsity_report(model, names)
         self.report["schedule"] = {"begin": begin, "end": end, "frequency": frequency}
         self.report["criterion"] = cfg.criterion
+        self.report.update(extra)
         self.verify(names)
         print(f"  measured sparsity {self.report['sparsity']:.4f}", flush=True)
         return model
@@ -191,9 +200,15 @@ class Prune(Stage):
             prune_scores.install_train_step(pruned, pairs, cfg.criterion)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         # Never restore "best" weights from before the final sparsity was reached.
-        fit(pruned, context, dataclasses.replace(cfg, keep_best=False), callbacks)
+        fit_cfg, extra = dataclasses.replace(cfg, keep_best=False), {}
+        if cfg.alpha < 1:  # the dense model teaches its pruned copy
+            from tfdeploy.stages.distill import fit_distilled
+
+            extra = fit_distilled(pruned, model, context, fit_cfg, callbacks)
+        else:
+            fit(pruned, context, fit_cfg, callbacks)
         with context.strategy.scope():
-            return tfmot.sparsity.keras.strip_pruning(pruned)
+            return tfmot.sparsity.keras.strip_pruning(pruned), extra
 
     def verify(self, names):
         """Fail loudly if the schedule did not reach its targets (e.g. a skipped update)."""

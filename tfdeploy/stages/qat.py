@@ -203,26 +203,15 @@ class QAT(Stage):
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
         self.report = {"scheme": scheme_name, "layers": len(names)}
-        if cfg.alpha < 1:
-            self.report.update(self._fit_distilled(quantized, model, context))
+        if cfg.alpha < 1:  # self-distillation from the float model entering the stage
+            from tfdeploy.stages.distill import fit_distilled
+
+            self.report.update(fit_distilled(quantized, model, context, cfg))
         else:
             fit(quantized, context, cfg)
         if scheme_name != "default":
             self.verify(scheme_name, before, tflite_structure(quantized, context))
         return quantized
-
-    def _fit_distilled(self, quantized, teacher, context):
-        """Train the QAT model on alpha*CE + (1-alpha)*T^2*KL to the frozen float model."""
-        from tfdeploy.stages.distill import Distiller, compile_distiller
-
-        cfg = self.config
-        with context.strategy.scope():
-            distiller = Distiller(quantized, teacher, cfg.alpha, cfg.temperature,
-                                  context.global_batch(cfg.batch_size))
-            _, sample = next(context.validation.numpy_batches(2))
-            distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
-        history = fit(distiller, context, cfg, compile_fn=compile_distiller)
-        return {"kl_to_float": [history["kl"][0], history["kl"][-1]]}
 
     def verify(self, scheme, before, after):
         """The preserved structure must survive into the int8 weights; fail if not."""
