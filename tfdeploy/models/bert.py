@@ -90,16 +90,20 @@ def encoder_graph(inputs, cfg: BertConfig):
     bias = AttentionMaskBias(name="attention_mask_bias")(inputs["attention_mask"])
     for i in range(cfg.num_hidden_layers):
         p = f"layer_{i}_"
-        q = dense(cfg.hidden_size, p + "attention_query")(x)
-        k = dense(cfg.hidden_size, p + "attention_key")(x)
-        v = dense(cfg.hidden_size, p + "attention_value")(x)
+        # Identity layers mark where a matmul reads a tensor that the residual path also
+        # reads: QAT quantizes there, so the residual Add and LayerNorm stay float.
+        x_in = keras.layers.Identity(name=p + "attention_input")(x)
+        q = dense(cfg.hidden_size, p + "attention_query")(x_in)
+        k = dense(cfg.hidden_size, p + "attention_key")(x_in)
+        v = dense(cfg.hidden_size, p + "attention_value")(x_in)
         context = SelfAttention(cfg.num_attention_heads, cfg.attention_probs_dropout_prob,
                                 name=p + "attention")([q, k, v, bias])
         attn = dense(cfg.hidden_size, p + "attention_output")(context)
         attn = keras.layers.Dropout(cfg.hidden_dropout_prob, name=p + "attention_dropout")(attn)
         x = keras.layers.Add(name=p + "attention_residual")([x, attn])
         x = keras.layers.LayerNormalization(epsilon=eps, name=p + "attention_layernorm")(x)
-        h = dense(cfg.intermediate_size, p + "intermediate")(x)
+        h = dense(cfg.intermediate_size, p + "intermediate")(
+            keras.layers.Identity(name=p + "intermediate_input")(x))
         h = keras.layers.Activation(_ACTIVATIONS[cfg.hidden_act], name=p + "intermediate_act")(h)
         h = dense(cfg.hidden_size, p + "output")(h)
         h = keras.layers.Dropout(cfg.hidden_dropout_prob, name=p + "output_dropout")(h)
@@ -341,6 +345,19 @@ class Bert(ModelPlugin):
         if self._state is not None:
             load_hf_weights(model, self._state, self.bert_config, self._layers, self._source)
         return model
+
+    def current_graph(self, model):
+        """``model``'s weights in today's graph: models saved before the graph gained its
+        weightless Identity layers are rebuilt (same layer count), weights copied by name."""
+        if any(l.name == "layer_0_attention_input" for l in model.layers):
+            return model
+        count = sum(1 for l in model.layers if l.name.endswith("_output_layernorm"))
+        fresh = build_classifier(dataclasses.replace(self.bert_config, num_hidden_layers=count),
+                                 self.num_labels, self.config.pooling, self.config.dropout)
+        for layer in fresh.layers:
+            if layer.weights:
+                layer.set_weights(model.get_layer(layer.name).get_weights())
+        return fresh
 
     def encode(self, texts, max_length):
         return {"input_ids": self.tokenizer.encode_ragged(texts, max_length)}

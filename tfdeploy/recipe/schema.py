@@ -87,6 +87,8 @@ class Benchmark:
                            unit="s")
     warmup_runs: int = field(10, ge=0, doc="Untimed calls per variant first.")
     warmup_seconds: float = field(0.5, ge=0, doc="Untimed seconds per variant first.", unit="s")
+    block: int = field(5, ge=1, doc="Consecutive calls per variant in each round-robin round; "
+                                    "the first after a switch is not recorded.")
 
 
 @dataclasses.dataclass(kw_only=True)

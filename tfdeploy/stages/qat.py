@@ -184,6 +184,9 @@ class QAT(Stage):
 
     def run(self, model, context):
         cfg = self.config
+        if hasattr(context.plugin, "current_graph"):
+            with context.strategy.scope():
+                model = context.plugin.current_graph(model)
         names = chosen(model, cfg, "qat")
         scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages)
         before = keras_structure(model, names)
