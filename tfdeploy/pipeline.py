@@ -236,8 +236,19 @@ def run_stage(stage, cfg, model, context, digest):
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
     if context.is_chief:
         checkpoint.save(model, stage_dir)
-        shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
+    shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
+    if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
+        remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)
     return model
+
+
+def remove_empty_dirs(path, levels):
+    for _ in range(levels):
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (or gone): stop
+            return
+        path = os.path.dirname(path)
 
 
 def export_all(recipe, context, model, stage_name, records):
