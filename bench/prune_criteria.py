@@ -6,7 +6,7 @@ dev accuracy (Keras, after stripping) and measured sparsity.
 Each criterion is its own recipe run (name bert_prune80_<criterion>); finished stages are
 reused from the stage cache, so a criterion already measured is read, not rerun.
 
-    python bench/prune_criteria.py [--criteria magnitude,gradient] [--recipe ...]
+    python bench/prune_criteria.py [--criteria magnitude,gradient,taylor] [--recipe ...]
 """
 import argparse
 import glob
@@ -38,7 +38,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=os.path.join(ROOT, "recipes",
                                                          "bert_prune80_qat.yaml"))
-    parser.add_argument("--criteria", default="magnitude,gradient")
+    parser.add_argument("--criteria", default="magnitude,gradient,taylor")
     parser.add_argument("--output_dir", default="")
     args = parser.parse_args()
     rows = []

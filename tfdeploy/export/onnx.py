@@ -135,9 +135,16 @@ def fuse_gelu(proto):
         kept = [n for n in graph.node if not (n.output and n.output[0] in remove)]
         del graph.node[:]
         graph.node.extend(kept)
-        if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-            proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _use_ms_domain(proto)
     return fused
+
+
+def _use_ms_domain(proto):
+    """Declare the com.microsoft opset the fused ORT ops come from."""
+    from onnx import helper
+
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def fuse_attention(proto, num_heads, hidden_size):
@@ -161,7 +168,7 @@ def fuse_attention(proto, num_heads, hidden_size):
         m = re.fullmatch(r"(.*?)(layer_\d+)_attention_query/MatMul", node.name)
         if m:
             blocks[m.group(2)] = m.group(1)
-    new_front, new_before, fused = [], {}, 0
+    new_before, fused = {}, 0
     shape3 = "tfdeploy_attention_shape3"
     for layer, prefix in sorted(blocks.items()):
         parts = {}
@@ -182,8 +189,9 @@ def fuse_attention(proto, num_heads, hidden_size):
         qkv_w = np.concatenate([parts[p][1] for p in ("query", "key", "value")], axis=1)
         qkv_b = np.concatenate([parts[p][2] for p in ("query", "key", "value")])
         name = f"tfdeploy_{layer}_attention"
-        graph.initializer.extend([numpy_helper.from_array(qkv_w.astype(np.float32), name + "_qkv_w"),
-                                  numpy_helper.from_array(qkv_b.astype(np.float32), name + "_qkv_b")])
+        graph.initializer.extend([
+            numpy_helper.from_array(qkv_w.astype(np.float32), name + "_qkv_w"),
+            numpy_helper.from_array(qkv_b.astype(np.float32), name + "_qkv_b")])
         new_before[out.name] = [
             helper.make_node("Reshape", [rows, shape3], [name + "_in"], name=name + "_in"),
             helper.make_node("Attention", [name + "_in", name + "_qkv_w", name + "_qkv_b",
@@ -201,19 +209,17 @@ def fuse_attention(proto, num_heads, hidden_size):
         numpy_helper.from_array(np.array([hidden_size], np.int64), "tfdeploy_hidden"),
         numpy_helper.from_array(np.array([-1, hidden_size], np.int64),
                                 "tfdeploy_attention_rows")])
-    new_front = [
+    nodes = [  # [batch, seq, hidden] for the Attention ops' 3-D input
         helper.make_node("Shape", ["input_ids"], ["tfdeploy_ids_shape"]),
         helper.make_node("Concat", ["tfdeploy_ids_shape", "tfdeploy_hidden"], [shape3],
                          axis=0)]
-    nodes = list(new_front)
     for node in graph.node:
         nodes.extend(new_before.get(node.name, []))
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
     _drop_unused(graph)
-    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _use_ms_domain(proto)
     return fused
 
 
@@ -268,9 +274,8 @@ def export(model, input_specs, fp32_path, int8_path=None, opset=17, num_heads=0,
     """Write onnx_fp32 (and onnx_int8 if asked); return the paths written."""
     proto = convert(model, input_specs, opset)
     fuse_gelu(proto)
-    if num_heads:
+    if num_heads:  # transformer rewrites: ours, then ORT's optimizer
         fuse_attention(proto, num_heads, hidden_size)
-    if num_heads:  # the transformer optimizer only knows transformer patterns
         proto = optimize(proto, num_heads, hidden_size)
     atomic_write_bytes(fp32_path, proto.SerializeToString())
     written = [fp32_path]

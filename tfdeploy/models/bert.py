@@ -388,15 +388,15 @@ class Bert(ModelPlugin):
 
     @staticmethod
     def hidden_states(model):
-        """(embedding output, then each encoder layer's output) as token rows, plus the
-        [rows, 1] weight of real (unpadded) tokens: what a hidden-state distillation loss
-        compares."""
+        """Embedding output, then each encoder layer's output, as token rows: what a
+        hidden-state distillation loss compares."""
         count = sum(1 for l in model.layers if l.name.endswith("_output_layernorm"))
         names = ["embeddings_layernorm"] + [f"layer_{i}_output_layernorm" for i in range(count)]
         return [model.get_layer(n).output for n in names]
 
     @staticmethod
     def row_weights(inputs):
+        """[rows, 1]: 1 for real tokens, 0 for padding, in token-row order."""
         return tf.reshape(tf.cast(inputs["attention_mask"], tf.float32), [-1, 1])
 
     def synthetic_inputs(self, batch, seq_length, seed=0):

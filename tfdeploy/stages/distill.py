@@ -35,9 +35,12 @@ class HiddenStates:
                                    [s_states[s] for s, _ in pairs])
         self.teacher = keras.Model(teacher.inputs, [teacher.output] +
                                    [t_states[t] for _, t in pairs])
-        self.projections = [
-            keras.layers.Dense(t_states[t].shape[-1], name=f"hidden_projection_{s}")
-            if s_states[s].shape[-1] != t_states[t].shape[-1] else None for s, t in pairs]
+        self.projections = [None] * len(pairs)
+        for k, (s, t) in enumerate(pairs):
+            if s_states[s].shape[-1] != t_states[t].shape[-1]:
+                proj = keras.layers.Dense(t_states[t].shape[-1], name=f"hidden_projection_{s}")
+                proj.build(s_states[s].shape)  # built now, so BackupAndRestore can save it
+                self.projections[k] = proj
 
     def loss(self, inputs, student_states, teacher_states):
         rows = self.row_weights(inputs)
@@ -133,16 +136,20 @@ def compile_distiller(distiller, optimizer, context):
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def fit_distilled(student, teacher, context, cfg, callbacks=()):
+def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None):
     """Fit ``student`` on cfg.alpha * CE + (1 - cfg.alpha) * T^2 * KL to the frozen
-    ``teacher`` (used by qat and prune to stay close to the model entering the stage)."""
+    ``teacher`` (+ ``hidden``'s loss); the distill stage, and qat and prune to stay close
+    to the model entering the stage. Returns fit's history."""
     with context.strategy.scope():
         distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
-                              context.global_batch(cfg.batch_size))
+                              context.global_batch(cfg.batch_size), hidden)
         _, sample = next(context.validation.numpy_batches(2))
         distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
-    history = fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)
-    return {"kl_to_teacher": [history["kl"][0], history["kl"][-1]]}
+    return fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)
+
+
+def kl_first_last(history):
+    return [history["kl"][0], history["kl"][-1]]
 
 
 @STAGES.register("distill")
@@ -218,27 +225,18 @@ class Distill(Stage):
         print(f"  teacher {teacher.count_params():,} parameters -> student "
               f"{student.count_params():,}", flush=True)
 
-        with context.strategy.scope():
-            hidden = None
-            if cfg.hidden_weight:
-                if not hasattr(context.plugin, "hidden_states"):
-                    raise StageError(f"distill: hidden_weight needs a model with hidden "
-                                     f"states; {context.plugin.config.type} has none")
+        hidden = None
+        if cfg.hidden_weight:
+            if not hasattr(context.plugin, "hidden_states"):
+                raise StageError(f"distill: hidden_weight needs a model with hidden "
+                                 f"states; {context.plugin.config.type} has none")
+            with context.strategy.scope():
                 hidden = HiddenStates(context.plugin, student, teacher, cfg.hidden_weight)
-            distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
-                                  context.global_batch(cfg.batch_size), hidden)
-            # Built before fit, so BackupAndRestore can checkpoint it.
-            _, sample = next(context.validation.numpy_batches(2))
-            distiller(sample)
-            if hidden is not None:  # projections too, for the same reason
-                for k, proj in enumerate(hidden.projections):
-                    if proj is not None:
-                        proj.build(hidden.student.outputs[1 + k].shape)
-        history = fit(distiller, context, cfg, compile_fn=compile_distiller)
+        history = fit_distilled(student, teacher, context, cfg, hidden=hidden)
+        kl_first, kl_last = kl_first_last(history)
         self.report = {"teacher_params": int(teacher.count_params()),
                        "student_params": int(student.count_params()),
-                       "kl_first": history.get("kl", [None])[0],
-                       "kl_last": history.get("kl", [None])[-1]}
+                       "kl_first": kl_first, "kl_last": kl_last}
         if hidden is not None:
             self.report["hidden_pairs"] = hidden.pairs
             self.report["hidden_mse"] = [history["hidden_mse"][0],

@@ -202,9 +202,10 @@ class Prune(Stage):
         # Never restore "best" weights from before the final sparsity was reached.
         fit_cfg, extra = dataclasses.replace(cfg, keep_best=False), {}
         if cfg.alpha < 1:  # the dense model teaches its pruned copy
-            from tfdeploy.stages.distill import fit_distilled
+            from tfdeploy.stages.distill import fit_distilled, kl_first_last
 
-            extra = fit_distilled(pruned, model, context, fit_cfg, callbacks)
+            history = fit_distilled(pruned, model, context, fit_cfg, callbacks)
+            extra = {"kl_to_teacher": kl_first_last(history)}
         else:
             fit(pruned, context, fit_cfg, callbacks)
         with context.strategy.scope():

@@ -6,9 +6,10 @@ replica computes the same masks), and TFMOT's own schedule, mask variables, mask
 ``strip_pruning`` do the rest: at each mask update the lowest-scoring weights are masked.
 The result is the same stripped Keras model, exportable like magnitude pruning.
 
-- ``gradient``, movement scores (Sanh et al. 2020, "Movement Pruning"): S += -w * dL/dw. Weights that training
-  pushes towards zero score low, whatever their size; better than magnitude at high
-  sparsity on fine-tuned BERT in that paper.
+- ``gradient``, movement scores (Sanh et al. 2020, "Movement Pruning"): S += -w * dL/dw.
+  Weights that training pushes towards zero score low, whatever their size; better than
+  magnitude at high sparsity in that paper, when pruning over many epochs. In our short
+  budget on fine-tuned MiniLM it collapsed (bench/prune_criteria.py).
 - ``taylor``: S += |w * dL/dw|, the first-order estimate of the loss change from removing w.
 """
 import tensorflow as tf

@@ -207,9 +207,10 @@ class QAT(Stage):
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
         self.report = {"scheme": scheme_name, "layers": len(names)}
         if cfg.alpha < 1:  # self-distillation from the float model entering the stage
-            from tfdeploy.stages.distill import fit_distilled
+            from tfdeploy.stages.distill import fit_distilled, kl_first_last
 
-            self.report.update(fit_distilled(quantized, model, context, cfg))
+            history = fit_distilled(quantized, model, context, cfg)
+            self.report["kl_to_teacher"] = kl_first_last(history)
         else:
             fit(quantized, context, cfg)
         if scheme_name != "default":
