@@ -28,6 +28,9 @@ def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
                if type(l).__name__ == "QuantizeWrapperV2"}
     for name in ("layer_0_attention_query", "layer_1_output", "classifier"):
         assert wrapped["quant_" + name] == "Default8BitQuantizeConfig"  # int8 weights
+    assert wrapped["quant_embeddings_word"] == "WeightOnlyQuantizeConfig"
+    value = model.get_layer("quant_layer_0_attention_value").quantize_config
+    assert value.weight_attrs == ["kernel"] and value.activation_attrs == []  # float output
     # LayerNorm, softmax-attention and GELU compute in float; where they feed an int8 matmul
     # only their output is quantized (OutputQuantizeConfig / TFMOT's OutputOnlyConfig).
     floats = [n for n in wrapped if "layernorm" in n or n.endswith(("attention", "_act"))]
@@ -40,9 +43,21 @@ def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
     tflite.export(path, "tflite_int8", out)  # learned ranges, no calibration
     interp = tflite.interpreter(out)
     ops = {op["op_name"] for op in interp._get_ops_details()}
-    fc_weights = [interp.get_tensor(op["inputs"][1]).dtype for op in interp._get_ops_details()
-                  if op["op_name"] == "FULLY_CONNECTED"]
-    assert fc_weights and all(d == np.int8 for d in fc_weights)
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    fc = [(details[op["inputs"][1]]["name"], details[op["inputs"][1]]["dtype"])
+          for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    # int8 weights everywhere but V, whose output stays float so the probs x V matmul is a
+    # float BATCH_MATMUL (XNNPACK runs no int8 one); the converter stores V float.
+    assert len(fc) == 13 and all(dtype == np.int8 for name, dtype in fc
+                                  if "attention_value" not in name)
+    assert sum("attention_value" in name for name, _ in fc) == 2
+    matmuls = [details[op["inputs"][0]]["dtype"] for op in interp._get_ops_details()
+               if op["op_name"] == "BATCH_MATMUL"]
+    assert len(matmuls) == 4 and all(d == np.float32 for d in matmuls)
+    # the word-embedding table is int8 and the gather reads it as such
+    gathers = [details[op["inputs"][0]] for op in interp._get_ops_details()
+               if op["op_name"] == "GATHER"]
+    assert any(g["dtype"] == np.int8 and g["shape"][0] == 30522 for g in gathers)
     assert "QUANTIZE" in ops and "DEQUANTIZE" in ops
     batch = features([[101, 2307, 3185, 102], [101, 2919, 2003, 102]])
     keras_logits = model(batch).numpy()

@@ -70,6 +70,10 @@ class SelfAttention(keras.layers.Layer):
     """Scaled dot-product attention over projected Q, K, V token rows (heads split here);
     the mask bias [batch, 1, 1, seq] gives the batch and sequence sizes."""
 
+    # V meets the float softmax probabilities in a matmul: QAT keeps V's producer output
+    # float, so the int8 file runs that matmul in float (XNNPACK has no int8 BATCH_MATMUL).
+    float_inputs = (2,)
+
     def __init__(self, num_heads, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.dropout = num_heads, dropout

@@ -5,16 +5,21 @@ LayerNorm, softmax and GELU, which have no int8 QuantizeConfig and lose accuracy
 quantized. Our BERT keeps every matmul weight (Q/K/V/output projections, both FFN
 matrices, the classifier) in its own ``Dense`` layer, so the stage annotates exactly those
 and leaves LayerNorm, softmax and GELU in float; the TFLite converter then emits int8
-fully-connected ops with the learned ranges.
+fully-connected ops with the learned ranges. Embedding tables get int8 weights and a float
+output (the int8 file gathers int8 rows). A Dense whose output a layer multiplies with float
+activations (attention's V, declared by the layer's ``float_inputs``) keeps int8 weights but
+a float output: an int8 V makes the converter emit an int8 BATCH_MATMUL, which XNNPACK does
+not run (it measured 1.8x the dynamic-range model's latency).
 
 After ``prune`` the prune-preserving scheme keeps the zeros; after ``cluster`` the
 cluster-preserving one keeps the shared values; after both, the sparsity-and-cluster
 preserving one. The stage checks afterwards that the structure survived.
 """
+import copy
 import dataclasses
 import os
 import tempfile
-from typing import Literal
+from typing import List, Literal
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
@@ -48,12 +53,27 @@ class _HonestRegistry(tfmot.quantization.keras.QuantizeRegistry):
         return self.inner.get_quantize_config(layer)
 
 
+class _FloatIdsLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """TFMOT puts a QuantizeLayer after every model input feeding a quantized layer; on the
+    int32 token ids an embedding reads that breaks the model. Integer inputs stay as they
+    are."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def apply(self, model, layer_quantize_map):
+        ids = {l.name for l in model.layers if isinstance(l, keras.layers.InputLayer)
+               and not l.dtype.startswith("float")}
+        return self.inner.apply(model, {k: v for k, v in layer_quantize_map.items()
+                                        if k not in ids})
+
+
 class _Scheme(tfmot.quantization.keras.QuantizeScheme):
     def __init__(self, inner):
         self.inner = inner
 
     def get_layout_transformer(self):
-        return self.inner.get_layout_transformer()
+        return _FloatIdsLayout(self.inner.get_layout_transformer())
 
     def get_quantize_registry(self):
         return _HonestRegistry(self.inner.get_quantize_registry())
@@ -102,6 +122,53 @@ class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def get_config(self):
         return {}
+
+
+@keras.utils.register_keras_serializable(package="tfdeploy")
+class WeightOnlyQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """int8 (symmetric, per-tensor) weights, float output: for embedding tables, whose
+    gather the converter then runs on int8 rows."""
+
+    def __init__(self, attr="embeddings"):
+        self.attr = attr
+        self.quantizer = tfmot.quantization.keras.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, self.attr), self.quantizer)]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        setattr(layer, self.attr, quantize_weights[0])
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {"attr": self.attr}
+
+
+def float_outputs(model):
+    """Layers feeding an input that its consumer declares float (``float_inputs``)."""
+    out = set()
+    for layer in model.layers:
+        for index in getattr(layer, "float_inputs", ()):
+            for node in layer.inbound_nodes:
+                out.add(node.inbound_layers[index].name)
+    return out
+
+
+def weights_only(registry, layer):
+    """The scheme's own config for ``layer`` (so prune/cluster preservation still holds),
+    minus the activation quantizer that would quantize its output."""
+    config = copy.copy(registry.get_quantize_config(layer))
+    config.activation_attrs = []
+    return config
 
 
 def feeders(model, names):
@@ -167,6 +234,9 @@ class QAT(Stage):
                                                   "entering the stage (self-distillation: "
                                                   "keeps the int8 model close to it).")
         temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
+        layer_types: List[Literal["dense", "conv", "embedding"]] = field(
+            factory=lambda: ["dense", "conv", "embedding"],
+            doc="Kinds of layers quantized (embedding: int8 table, float output).")
 
     def preflight(self, model, context):
         name, _ = scheme_for(self.config.scheme, getattr(context, "previous_stages", []))
@@ -179,7 +249,8 @@ class QAT(Stage):
 
         def scope():
             return tfmot.quantization.keras.quantize_scope(
-                {"OutputQuantizeConfig": OutputQuantizeConfig, **custom_objects()})
+                {"OutputQuantizeConfig": OutputQuantizeConfig,
+                 "WeightOnlyQuantizeConfig": WeightOnlyQuantizeConfig, **custom_objects()})
         return [scope]
 
     def run(self, model, context):
@@ -192,9 +263,16 @@ class QAT(Stage):
         before = keras_structure(model, names)
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
 
-        inputs = feeders(model, names)
+        inputs, float_out = feeders(model, names), float_outputs(model)
+        registry = scheme.get_quantize_registry()
 
         def annotate(layer):
+            if isinstance(layer, keras.layers.Embedding) and layer.name in names:
+                return tfmot.quantization.keras.quantize_annotate_layer(
+                    layer, quantize_config=WeightOnlyQuantizeConfig())
+            if layer.name in names and layer.name in float_out:
+                return tfmot.quantization.keras.quantize_annotate_layer(
+                    layer, quantize_config=weights_only(registry, layer))
             if layer.name in names:
                 return tfmot.quantization.keras.quantize_annotate_layer(layer)
             if layer.name in inputs:
