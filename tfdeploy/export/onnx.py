@@ -78,7 +78,7 @@ def fuse_gelu(proto):
     (Neg, Mul, Erf, Sub, Mul, Mul), with ORT's ``com.microsoft.Gelu`` (the same exact erf
     GELU, one kernel; ORT then fuses the bias into BiasGelu). ORT's own Gelu fusion only
     knows the ``1 + erf`` form. Returns the number of GELUs fused."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output}
@@ -125,10 +125,7 @@ def fuse_gelu(proto):
         gelu = helper.make_node("Gelu", [x], list(out.output), name=out.name + "_gelu",
                                 domain="com.microsoft")
         out.CopyFrom(gelu)  # keeps the node's place in topological order
-        if not any(v.name == out.output[0] for v in graph.value_info):
-            # ONNX shape inference does not know com.microsoft ops; the quantizer needs types
-            graph.value_info.append(helper.make_tensor_value_info(
-                out.output[0], TensorProto.FLOAT, None))
+        _declare_float(graph, out.output[0])
         remove.update(n.output[0] for n in chain)  # protobuf wrappers have no stable id
         fused += 1
     if fused:
@@ -137,6 +134,15 @@ def fuse_gelu(proto):
         graph.node.extend(kept)
         _use_ms_domain(proto)
     return fused
+
+
+def _declare_float(graph, name):
+    """ONNX shape inference does not know com.microsoft ops; the quantizer needs the type
+    of what they output."""
+    from onnx import TensorProto, helper
+
+    if not any(v.name == name for v in graph.value_info):
+        graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
 
 
 def _use_ms_domain(proto):
@@ -223,6 +229,43 @@ def fuse_attention(proto, num_heads, hidden_size):
     return fused
 
 
+def fuse_skip_layernorm(proto):
+    """Replace each residual ``Add`` that only feeds a last-axis ``LayerNormalization`` with
+    ORT's ``com.microsoft.SkipLayerNormalization`` (one kernel, the sum never written out).
+    ORT's optimizer has this fusion but skips it when symbolic shape inference fails on the
+    converted graph, as it does on ours. Returns the count fused."""
+    from onnx import helper
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers = {}
+    for node in graph.node:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    consts = {i.name for i in graph.initializer}
+    fused, remove = 0, set()
+    for ln in [n for n in graph.node if n.op_type == "LayerNormalization"]:
+        add = producer.get(ln.input[0])
+        attrs = {a.name: helper.get_attribute_value(a) for a in ln.attribute}
+        if add is None or add.op_type != "Add" or readers.get(add.output[0]) != 1 \
+                or attrs.get("axis", -1) != -1 or len(ln.input) < 3 or len(ln.output) != 1 \
+                or any(i in consts or i not in producer for i in add.input):
+            continue
+        skip = helper.make_node("SkipLayerNormalization", [*add.input, *ln.input[1:3]],
+                                list(ln.output), name=ln.name + "_skip",
+                                domain="com.microsoft", epsilon=attrs.get("epsilon", 1e-5))
+        ln.CopyFrom(skip)
+        _declare_float(graph, ln.output[0])
+        remove.add(add.output[0])
+        fused += 1
+    if fused:
+        kept = [n for n in graph.node if not (n.output and n.output[0] in remove)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        _use_ms_domain(proto)
+    return fused
+
+
 def _drop_unused(graph):
     """Remove nodes and initializers nothing reads any more (the replaced subgraphs)."""
     while True:
@@ -277,6 +320,7 @@ def export(model, input_specs, fp32_path, int8_path=None, opset=17, num_heads=0,
     if num_heads:  # transformer rewrites: ours, then ORT's optimizer
         fuse_attention(proto, num_heads, hidden_size)
         proto = optimize(proto, num_heads, hidden_size)
+        fuse_skip_layernorm(proto)
     atomic_write_bytes(fp32_path, proto.SerializeToString())
     written = [fp32_path]
     if int8_path:
