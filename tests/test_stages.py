@@ -111,6 +111,30 @@ def test_hidden_state_distillation(tmp_path, small_bert_dir):
     assert np.isfinite(chain[0][1].report["hidden_mse"][-1])
 
 
+def test_distillation_on_masked_copies(tmp_path, small_bert_dir):
+    """augment: the copy masks only real word pieces; training on batch + copy lowers the
+    KL (the history's KL covers both halves) and counts accuracy on the labelled half."""
+    import tensorflow as tf
+
+    recipe, context, chain, model = stage_context(
+        tmp_path, small_bert_dir,
+        "stages=[{type: distill, student_layers: [1], alpha: 0.0, augment: 0.5, steps: 24, "
+        "evals: 3, learning_rate: 1.0e-3, batch_size: 16}]")
+    plugin = context.plugin
+    tok = plugin.tokenizer
+    batch = {k: tf.constant(v) for k, v in tok(["a fine film", "dull , dull , dull"],
+                                                pad_to=12).items()}
+    copy = plugin.augment(batch, rate=0.99)
+    ids, new = batch["input_ids"].numpy(), copy["input_ids"].numpy()
+    special = (ids == tok.cls_id) | (ids == tok.sep_id) | (batch["attention_mask"].numpy() == 0)
+    assert np.array_equal(new[special], ids[special])
+    assert (new[~special] == tok.mask_id).mean() > 0.8
+    context.previous_stages = ["train"]
+    stage = chain[0][1]
+    stage.run(model, context)
+    assert stage.report["kl_last"] < stage.report["kl_first"]
+
+
 def test_distill_errors(tmp_path, small_bert_dir):
     recipe, context, chain, model = stage_context(
         tmp_path, small_bert_dir, "stages=[{type: distill, student_layers: [0]}]")
@@ -123,3 +147,6 @@ def test_distill_errors(tmp_path, small_bert_dir):
                            "student: {dropout: 0.2}}]"])
     with pytest.raises(RecipeError, match="give student_layers"):
         load_recipe(tiny, ["stages=[{type: distill}]"])
+    with pytest.raises(RecipeError, match="alpha: 1 switches off"):
+        load_recipe(tiny, ["stages=[{type: distill, student_layers: [0], alpha: 1.0, "
+                           "augment: 0.2}]"])

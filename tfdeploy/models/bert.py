@@ -221,6 +221,9 @@ class BertTokenizer:
             if self._tok.token_to_id(token) is None:
                 raise CheckpointError(f"{vocab_path}: special token {token} not in vocabulary")
         self.pad_id = self._tok.token_to_id("[PAD]")
+        self.cls_id, self.sep_id = (self._tok.token_to_id(t) for t in ("[CLS]", "[SEP]"))
+        mask_id = self._tok.token_to_id("[MASK]")  # vocabularies without it: [UNK]
+        self.mask_id = self._tok.token_to_id("[UNK]") if mask_id is None else mask_id
 
     def encode_ragged(self, texts, max_length=None):
         """Token ids per text, truncated to max_length (with [CLS]/[SEP]); no padding."""
@@ -393,6 +396,17 @@ class Bert(ModelPlugin):
         count = sum(1 for l in model.layers if l.name.endswith("_output_layernorm"))
         names = ["embeddings_layernorm"] + [f"layer_{i}_output_layernorm" for i in range(count)]
         return [model.get_layer(n).output for n in names]
+
+    def augment(self, inputs, rate):
+        """A perturbed copy of a batch for distillation: each real word piece becomes
+        [MASK] with probability ``rate``; [CLS], [SEP] and padding stay."""
+        tok = self.tokenizer
+        ids = inputs["input_ids"]
+        keep = (tf.equal(inputs["attention_mask"], 0) | tf.equal(ids, tok.cls_id)
+                | tf.equal(ids, tok.sep_id))
+        hit = tf.random.uniform(tf.shape(ids)) < rate
+        return {**inputs, "input_ids": tf.where(hit & ~keep, tf.cast(tok.mask_id, ids.dtype),
+                                                ids)}
 
     @staticmethod
     def row_weights(inputs):

@@ -8,6 +8,7 @@ layers (``student_layers: [0, 2, 4]``); otherwise ``student`` gives model fields
 fresh one.
 """
 import dataclasses
+import functools
 from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
@@ -59,8 +60,10 @@ class Distiller(keras.Model):
     """Wraps student and frozen teacher; ``fit`` trains the student on the mixed loss
     (plus ``hidden.weight`` x the hidden-state MSE when ``hidden`` is given)."""
 
-    def __init__(self, student, teacher, alpha, temperature, global_batch, hidden=None):
+    def __init__(self, student, teacher, alpha, temperature, global_batch, hidden=None,
+                 augment=None):
         super().__init__()
+        self.augment = augment  # inputs -> a perturbed copy, learned from the teacher only
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
         self.alpha, self.temperature, self.global_batch = alpha, temperature, global_batch
@@ -85,6 +88,11 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y = data
+        labelled, copies = tf.shape(y)[0], 1
+        if self.augment is not None:  # the batch, then its perturbed copy
+            copy = self.augment(x)
+            x = {k: tf.concat([v, copy[k]], 0) for k, v in x.items()}
+            copies = 2
         hidden = self.hidden
         if hidden is None:
             teacher_logits = tf.stop_gradient(self.teacher(x, training=False))
@@ -96,16 +104,23 @@ class Distiller(keras.Model):
                 student_logits = self.student(x, training=True)
             else:
                 student_logits, *student_states = hidden.student(x, training=True)
-            ce, kl = self.losses_per_example(y, student_logits, teacher_logits)
+            ce, kl = self.losses_per_example(y, student_logits[:labelled],
+                                             teacher_logits[:labelled])
             per_example = self.alpha * ce + (1 - self.alpha) * kl
+            if copies == 2:  # no labels for the copies: the teacher's KL only
+                _, kl_copy = self.losses_per_example(y, student_logits[labelled:],
+                                                     teacher_logits[labelled:])
+                per_example = tf.concat([per_example, (1 - self.alpha) * kl_copy], 0)
+                kl = tf.concat([kl, kl_copy], 0)
             # Scaled by the *global* batch: replicas' gradients are summed.
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            loss = tf.nn.compute_average_loss(per_example,
+                                              global_batch_size=copies * self.global_batch)
             if hidden is not None:
                 mse = hidden.loss(x, student_states, teacher_states)
                 loss += tf.nn.scale_regularization_loss(hidden.weight * mse)
         variables = self.student.trainable_variables + (hidden.variables() if hidden else [])
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        self.compiled_metrics.update_state(y, student_logits)
+        self.compiled_metrics.update_state(y, student_logits[:labelled])
         self.ce_tracker.update_state(ce)
         self.kl_tracker.update_state(kl)
         out = {"distill_loss": self.ce_tracker.result() * self.alpha +
@@ -136,13 +151,14 @@ def compile_distiller(distiller, optimizer, context):
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None):
+def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, augment=None):
     """Fit ``student`` on cfg.alpha * CE + (1 - cfg.alpha) * T^2 * KL to the frozen
-    ``teacher`` (+ ``hidden``'s loss); the distill stage, and qat and prune to stay close
-    to the model entering the stage. Returns fit's history."""
+    ``teacher`` (+ ``hidden``'s loss; + the KL on ``augment``ed copies of each batch); the
+    distill stage, and qat and prune to stay close to the model entering the stage.
+    Returns fit's history."""
     with context.strategy.scope():
         distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
-                              context.global_batch(cfg.batch_size), hidden)
+                              context.global_batch(cfg.batch_size), hidden, augment)
         _, sample = next(context.validation.numpy_batches(2))
         distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
     return fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)
@@ -176,6 +192,11 @@ class Distill(Stage):
                                                     "projection where widths differ. "
                                                     "0 = off.")
         learning_rate: float = field(1e-4, gt=0, doc="Peak learning rate.")
+        augment: float = field(0.0, ge=0, lt=1, doc="Also learn the teacher's outputs on a "
+                                                    "perturbed copy of each batch (BERT: "
+                                                    "each word piece masked with this "
+                                                    "probability); the copy has no label "
+                                                    "loss. Doubles the step cost. 0 = off.")
 
         def check(self):
             if self.student_layers is None and not self.student:
@@ -183,6 +204,9 @@ class Distill(Stage):
                                          "(fields of a fresh model)")
             if self.student_layers is not None and self.student:
                 yield ("student", "use either student_layers or student, not both")
+            if self.augment and self.alpha == 1:
+                yield ("augment", "the augmented copies learn only the teacher's KL, which "
+                                  "alpha: 1 switches off")
 
     def preflight(self, model, context):
         cfg = self.config
@@ -232,7 +256,13 @@ class Distill(Stage):
                                  f"states; {context.plugin.config.type} has none")
             with context.strategy.scope():
                 hidden = HiddenStates(context.plugin, student, teacher, cfg.hidden_weight)
-        history = fit_distilled(student, teacher, context, cfg, hidden=hidden)
+        augment = None
+        if cfg.augment:
+            if not hasattr(context.plugin, "augment"):
+                raise StageError(f"distill: augment needs a model that can perturb its "
+                                 f"inputs; {context.plugin.config.type} cannot")
+            augment = functools.partial(context.plugin.augment, rate=cfg.augment)
+        history = fit_distilled(student, teacher, context, cfg, hidden=hidden, augment=augment)
         kl_first, kl_last = kl_first_last(history)
         self.report = {"teacher_params": int(teacher.count_params()),
                        "student_params": int(student.count_params()),
