@@ -240,7 +240,15 @@ class QAT(Stage):
 
     def preflight(self, model, context):
         name, _ = scheme_for(self.config.scheme, getattr(context, "previous_stages", []))
-        return [(l.name, f"int8 weights + activations ({name})" if ok else reason)
+        float_out = float_outputs(model)
+
+        def what(layer):
+            if isinstance(layer, keras.layers.Embedding):
+                return "int8 table, float output"
+            if layer.name in float_out:
+                return f"int8 weights, float output: read by a float matmul ({name})"
+            return f"int8 weights + activations ({name})"
+        return [(l.name, what(l) if ok else reason)
                 for l, ok, reason in plan(model, self.config)] + [
             ("(LayerNorm, softmax, GELU)", "stay float: no int8 config keeps their accuracy")]
 
