@@ -87,3 +87,30 @@ def test_qat_self_distillation(tmp_path, small_bert_dir):
     first, last = report["kl_to_teacher"]
     assert np.isfinite(first) and np.isfinite(last) and first >= 0
     assert any(type(l).__name__ == "QuantizeWrapperV2" for l in model.layers)
+
+
+def test_prune_cluster_qat_chain_keeps_zeros_and_clusters(tmp_path, small_bert_dir):
+    """PCQAT on BERT: after prune -> cluster, qat picks the sparsity-and-cluster preserving
+    scheme and the int8 TFLite weights keep the zeros and at most 16 values per channel.
+    (With TFMOT's shared quantizer object the zeros were lost; see qat._Registry.)"""
+    context, chain, model = run_chain(
+        tmp_path, small_bert_dir,
+        "[{type: prune, steps: 8, frequency: 2, final_sparsity: 0.5, min_weights: 0, "
+        "exclude: [classifier], batch_size: 8}, {type: cluster, number_of_clusters: 16, "
+        "steps: 6, batch_size: 8, min_weights: 0, exclude: [classifier]}, "
+        "{type: qat, steps: 6, batch_size: 8, learning_rate: 1.0e-3}]")
+    report = chain[2][1].report
+    assert report["scheme"] == "sparsity_cluster_preserve"
+    assert report["int8_zeros"]["after"] >= 0.99 * report["int8_zeros"]["before"] > 0
+    wrapped = [l for l in model.layers if "attention_query" in l.name]
+    assert all(type(l.quantize_config.weight_quantizer).__name__ ==
+               "ClusterPreserveDefault8BitWeightsQuantizer" for l in wrapped)
+    path = savedmodel.export(model, context.plugin.input_specs(), ["n", "p"],
+                             str(tmp_path / "sm"), "pcqat")
+    out = str(tmp_path / "pcqat.tflite")
+    tflite.export(path, "tflite_int8", out)
+    encoder = [(shape, v) for shape, v in tflite.weight_tensors(out) if 2 not in shape]
+    assert len(encoder) == 12
+    for shape, value in encoder:
+        assert np.mean(value == 0) >= 0.495
+        assert max(np.unique(row).size for row in value.reshape(shape[0], -1)) <= 16

@@ -35,12 +35,23 @@ SCHEMES = ("auto", "default", "prune_preserve", "cluster_preserve",
            "sparsity_cluster_preserve")
 
 
-class _HonestRegistry(tfmot.quantization.keras.QuantizeRegistry):
-    """TFMOT's collaborative registries claim to support layers they then refuse (e.g. our
-    weightless pooling layer feeding a quantized input); ask the real question instead."""
+class _Registry(tfmot.quantization.keras.QuantizeRegistry):
+    """The scheme's registry, with three fixes:
 
-    def __init__(self, inner):
-        self.inner = inner
+    - ``supports`` asks the real question: TFMOT's collaborative registries claim to support
+      layers they then refuse (e.g. our weightless pooling layer feeding a quantized input);
+    - every layer gets a weight quantizer of its own: the collaborative registries hand all
+      layers one quantizer object, and the cluster-preserving one switches its
+      ``preserve_sparsity`` off for good when it builds a layer without zeros (the unpruned
+      classifier), so every layer built later lost its zeros in PCQAT;
+    - layers named in ``float_outputs`` lose the activation quantizer on their output.
+
+    Configs are made here, when ``quantize_apply`` asks, not passed to
+    ``quantize_annotate_layer``: TFMOT clones the annotated model through its config, which
+    would drop the quantizer objects."""
+
+    def __init__(self, inner, float_outputs=()):
+        self.inner, self.float_outputs = inner, set(float_outputs)
 
     def supports(self, layer):
         try:
@@ -50,7 +61,12 @@ class _HonestRegistry(tfmot.quantization.keras.QuantizeRegistry):
             return False
 
     def get_quantize_config(self, layer):
-        return self.inner.get_quantize_config(layer)
+        config = copy.copy(self.inner.get_quantize_config(layer))
+        if hasattr(config, "weight_quantizer"):
+            config.weight_quantizer = copy.deepcopy(config.weight_quantizer)
+        if layer.name in self.float_outputs:
+            config.activation_attrs = []
+        return config
 
 
 class _FloatIdsLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
@@ -69,17 +85,17 @@ class _FloatIdsLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
 
 
 class _Scheme(tfmot.quantization.keras.QuantizeScheme):
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, float_outputs=()):
+        self.inner, self.float_outputs = inner, float_outputs
 
     def get_layout_transformer(self):
         return _FloatIdsLayout(self.inner.get_layout_transformer())
 
     def get_quantize_registry(self):
-        return _HonestRegistry(self.inner.get_quantize_registry())
+        return _Registry(self.inner.get_quantize_registry(), self.float_outputs)
 
 
-def scheme_for(name, previous):
+def scheme_for(name, previous, float_outputs=()):
     """The TFMOT scheme; ``auto`` picks it from the stage types that ran before."""
     if name == "auto":
         pruned, clustered = "prune" in previous, "cluster" in previous
@@ -93,7 +109,7 @@ def scheme_for(name, previous):
         "sparsity_cluster_preserve":
             lambda: combine.Default8BitClusterPreserveQuantizeScheme(True),
     }
-    return name, _Scheme(schemes[name]())
+    return name, _Scheme(schemes[name](), float_outputs)
 
 
 @keras.utils.register_keras_serializable(package="tfdeploy")
@@ -161,14 +177,6 @@ def float_outputs(model):
             for node in layer.inbound_nodes:
                 out.add(node.inbound_layers[index].name)
     return out
-
-
-def weights_only(registry, layer):
-    """The scheme's own config for ``layer`` (so prune/cluster preservation still holds),
-    minus the activation quantizer that would quantize its output."""
-    config = copy.copy(registry.get_quantize_config(layer))
-    config.activation_attrs = []
-    return config
 
 
 def feeders(model, names):
@@ -267,21 +275,17 @@ class QAT(Stage):
             with context.strategy.scope():
                 model = context.plugin.current_graph(model)
         names = chosen(model, cfg, "qat")
-        scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages)
+        inputs = feeders(model, names)
+        scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages,
+                                         float_outputs(model))
         before = keras_structure(model, names)
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
-
-        inputs, float_out = feeders(model, names), float_outputs(model)
-        registry = scheme.get_quantize_registry()
 
         def annotate(layer):
             if isinstance(layer, keras.layers.Embedding) and layer.name in names:
                 return tfmot.quantization.keras.quantize_annotate_layer(
                     layer, quantize_config=WeightOnlyQuantizeConfig())
-            if layer.name in names and layer.name in float_out:
-                return tfmot.quantization.keras.quantize_annotate_layer(
-                    layer, quantize_config=weights_only(registry, layer))
-            if layer.name in names:
+            if layer.name in names:  # config from the scheme's registry (see _Registry)
                 return tfmot.quantization.keras.quantize_annotate_layer(layer)
             if layer.name in inputs:
                 return tfmot.quantization.keras.quantize_annotate_layer(
