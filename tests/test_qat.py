@@ -114,3 +114,51 @@ def test_prune_cluster_qat_chain_keeps_zeros_and_clusters(tmp_path, small_bert_d
     for shape, value in encoder:
         assert np.mean(value == 0) >= 0.495
         assert max(np.unique(row).size for row in value.reshape(shape[0], -1)) <= 16
+
+
+def test_qat_distils_from_an_earlier_stage(tmp_path, small_bert_dir):
+    """teacher: finetune — in a recipe, the QAT of a pruned model learns from the dense
+    model of the first stage, found by name; an unknown name is a clear error naming the
+    stages there are."""
+    import pytest
+
+    from tfdeploy import pipeline
+    from tfdeploy.errors import StageError
+    from tfdeploy.recipe import load_recipe
+    from tfdeploy.stages.teacher import load_teacher
+
+    from conftest import ROOT
+
+    recipe = load_recipe(f"{ROOT}/recipes/tiny.yaml", [
+        f"model.checkpoint={small_bert_dir}", "model.layers=null",
+        "data.max_train_examples=128", "evaluate.max_examples=64", "output.tensorboard=false",
+        f"export.dir={tmp_path / 'saved_models'}", "export.formats=[savedmodel]",
+        "benchmark.enabled=false",
+        "stages=[{type: train, name: finetune, steps: 4, batch_size: 8}, {type: prune, "
+        "steps: 4, frequency: 2, final_sparsity: 0.5, min_weights: 0, exclude: [classifier], "
+        "batch_size: 8}, {type: qat, steps: 2, batch_size: 8, alpha: 0.0, teacher: finetune}]"])
+    seen = []
+    real = load_teacher
+
+    def spy(spec, model, context, stage):
+        teacher = real(spec, model, context, stage)
+        seen.append((spec, teacher is context.stage_outputs["finetune"], teacher is model))
+        return teacher
+
+    import tfdeploy.stages.teacher as module
+    module.load_teacher = spy
+    try:
+        summary = pipeline.run(recipe, pipeline.Options(output_dir=str(tmp_path)))
+    finally:
+        module.load_teacher = real
+    assert seen == [("finetune", True, False)]
+    qat = next(r for r in summary["records"] if r["stage"] == "qat" and "stage_report" in r)
+    assert np.isfinite(qat["stage_report"]["kl_to_teacher"]).all()
+
+    class Context:
+        stage_outputs = {"finetune": "dense", "prune": "sparse"}
+    assert load_teacher("finetune", "entering", Context, "qat") == "dense"
+    assert load_teacher("previous", "entering", Context, "qat") == "entering"
+    with pytest.raises(StageError, match=r"teacher 'nope' is neither an earlier stage "
+                                         r"\(finetune, prune\)"):
+        load_teacher("nope", "entering", Context, "qat")

@@ -167,12 +167,14 @@ def _run(recipe, opts, context, stage_list):
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
             model = checkpoint.load(cached, context.strategy, scopes=scopes)
+            context.stage_outputs[cfg.name] = model
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
             if context.is_chief and cached != context.stage_dir:
                 atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
             continue
         model = run_stage(stage, cfg, model, context, digest)
+        context.stage_outputs[cfg.name] = model
         rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
         if getattr(stage, "report", None):
             rec["stage_report"] = stage.report

@@ -242,6 +242,10 @@ class QAT(Stage):
                                                   "entering the stage (self-distillation: "
                                                   "keeps the int8 model close to it).")
         temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
+        teacher: str = field("previous", doc="The model of that KL: 'previous' (the float "
+                                             "model entering the stage), an earlier stage's "
+                                             "name (e.g. finetune: the dense model before "
+                                             "pruning) or a saved stage directory.")
         layer_types: List[Literal["dense", "conv", "embedding"]] = field(
             factory=lambda: ["dense", "conv", "embedding"],
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
@@ -296,10 +300,12 @@ class QAT(Stage):
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
         self.report = {"scheme": scheme_name, "layers": len(names)}
-        if cfg.alpha < 1:  # self-distillation from the float model entering the stage
+        if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
             from tfdeploy.stages.distill import fit_distilled, kl_first_last
+            from tfdeploy.stages.teacher import load_teacher
 
-            history = fit_distilled(quantized, model, context, cfg)
+            teacher = load_teacher(cfg.teacher, model, context, "qat")
+            history = fit_distilled(quantized, teacher, context, cfg)
             self.report["kl_to_teacher"] = kl_first_last(history)
         else:
             fit(quantized, context, cfg)

@@ -1,0 +1,24 @@
+"""Which model a distilling stage learns from: ``teacher`` in distill and qat.
+
+``previous`` is the model entering the stage; the name of an earlier stage of the same
+recipe is that stage's output (e.g. ``finetune``: a pruned model's QAT learns from the dense
+fine-tuned model, not from its own pruned self); anything else is a saved stage directory
+or its model file.
+"""
+import os
+
+from tfdeploy import checkpoint
+from tfdeploy.errors import StageError
+
+
+def load_teacher(spec, model, context, stage):
+    if spec == "previous":
+        return model
+    if spec in context.stage_outputs:
+        return context.stage_outputs[spec]
+    path = spec if os.path.isdir(spec) else os.path.dirname(spec)
+    if not os.path.exists(os.path.join(path, checkpoint.MODEL_FILE)):
+        known = ", ".join(context.stage_outputs) or "none before this stage"
+        raise StageError(f"{stage}: teacher {spec!r} is neither an earlier stage ({known}) "
+                         f"nor a saved model ({checkpoint.MODEL_FILE} missing)")
+    return checkpoint.load(path, context.strategy)
