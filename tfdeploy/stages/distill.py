@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 import tf_keras as keras
 
-from tfdeploy import checkpoint, models
+from tfdeploy import models
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.stages import STAGES, Stage
+from tfdeploy.stages.teacher import load_teacher
 from tfdeploy.training import FitConfig, fit
 
 
@@ -175,7 +176,8 @@ class Distill(Stage):
         """Knowledge distillation into a smaller student. Fit fields as in train."""
 
         teacher: str = field("previous", doc="'previous': the model from the stage before; "
-                                             "or a stage directory / .h5 file.")
+                                             "an earlier stage's name; or a stage "
+                                             "directory / .h5 file.")
         student_layers: Optional[List[int]] = field(
             None, doc="BERT: teacher encoder layers that initialise the student, in order "
                       "(e.g. [0, 2, 4] for a 3-layer student).")
@@ -215,18 +217,10 @@ class Distill(Stage):
         return [("(teacher)", f"{cfg.teacher}: frozen"), ("(student)", what)]
 
     def teacher(self, model, context):
-        cfg = self.config
-        if cfg.teacher != "previous":
-            import os
-            path = cfg.teacher if os.path.isdir(cfg.teacher) else os.path.dirname(cfg.teacher)
-            if not os.path.exists(os.path.join(path, checkpoint.MODEL_FILE)):
-                raise StageError(f"distill: teacher {cfg.teacher!r} has no "
-                                 f"{checkpoint.MODEL_FILE}")
-            return checkpoint.load(path, context.strategy)
-        if not context.previous_stages:
+        if self.config.teacher == "previous" and not context.previous_stages:
             raise StageError("distill: teacher 'previous' needs an earlier stage that trains "
                              "the teacher (e.g. train); or set teacher to a saved model")
-        return model
+        return load_teacher(self.config.teacher, model, context, "distill")
 
     def student(self, teacher, context):
         cfg = self.config
