@@ -155,6 +155,13 @@ def test_qat_distils_from_an_earlier_stage(tmp_path, small_bert_dir):
     qat = next(r for r in summary["records"] if r["stage"] == "qat" and "stage_report" in r)
     assert np.isfinite(qat["stage_report"]["kl_to_teacher"]).all()
 
+    # a teacher no earlier stage or path provides is refused before any work
+    with pytest.raises(StageError, match=r"stage qat: teacher 'fintune' is neither an "
+                                         r"earlier stage \(finetune, prune\)"):
+        pipeline.prepare(load_recipe(f"{ROOT}/recipes/tiny.yaml", [
+            "stages=[{type: train, name: finetune, steps: 1}, {type: prune, steps: 2}, "
+            "{type: qat, steps: 1, alpha: 0.0, teacher: fintune}]"]), pipeline.Options())
+
     class Context:
         stage_outputs = {"finetune": "dense", "prune": "sparse"}
     assert load_teacher("finetune", "entering", Context, "qat") == "dense"

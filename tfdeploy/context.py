@@ -21,7 +21,7 @@ class Context:
     is_chief: bool = True
     stage_started: float = 0.0
     previous_stages: list = dataclasses.field(default_factory=list)  # types run before
-    stage_outputs: dict = dataclasses.field(default_factory=dict)  # stage name -> its model
+    stage_outputs: dict = dataclasses.field(default_factory=dict)  # teachers by stage name
 
     @property
     def seed(self):

@@ -24,6 +24,7 @@ from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
 from tfdeploy.errors import GateError, StageError, TfdeployError
 from tfdeploy.recipe.schema import to_dict
+from tfdeploy.stages.teacher import check_teachers
 from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment, fingerprint,
                              new_run_id, recipe_runs)
 
@@ -64,6 +65,7 @@ def prepare(recipe, opts):
                       is_chief=strategies.is_chief(strategy))
     stage_list = [(s, stages.create(s)) for s in chosen]
     stages.check_strategy(stage_list, info)
+    check_teachers(stage_list)
     return context, stage_list
 
 
@@ -146,6 +148,8 @@ def _run(recipe, opts, context, stage_list):
     with context.strategy.scope():
         model = context.plugin.build()
     records, started = [], time.time()
+    # Stage models later stages name as their teacher; only those stay in memory.
+    teachers = {getattr(cfg, "teacher", None) for cfg, _ in stage_list}
     reached_start = not opts.start_from
     scopes = []
     for index, (cfg, stage) in enumerate(stage_list):
@@ -167,14 +171,16 @@ def _run(recipe, opts, context, stage_list):
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
             model = checkpoint.load(cached, context.strategy, scopes=scopes)
-            context.stage_outputs[cfg.name] = model
+            if cfg.name in teachers:
+                context.stage_outputs[cfg.name] = model
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
             if context.is_chief and cached != context.stage_dir:
                 atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
             continue
         model = run_stage(stage, cfg, model, context, digest)
-        context.stage_outputs[cfg.name] = model
+        if cfg.name in teachers:
+            context.stage_outputs[cfg.name] = model
         rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
         if getattr(stage, "report", None):
             rec["stage_report"] = stage.report

@@ -126,14 +126,20 @@ def fuse_gelu(proto):
                                 domain="com.microsoft")
         out.CopyFrom(gelu)  # keeps the node's place in topological order
         _declare_float(graph, out.output[0])
-        remove.update(n.output[0] for n in chain)  # protobuf wrappers have no stable id
+        remove.update(n.output[0] for n in chain)
         fused += 1
     if fused:
-        kept = [n for n in graph.node if not (n.output and n.output[0] in remove)]
-        del graph.node[:]
-        graph.node.extend(kept)
+        _remove_nodes(graph, remove)
         _use_ms_domain(proto)
     return fused
+
+
+def _remove_nodes(graph, first_outputs):
+    """Drop the nodes whose first output is in ``first_outputs`` (protobuf node wrappers
+    have no stable identity, their output names do)."""
+    kept = [n for n in graph.node if not (n.output and n.output[0] in first_outputs)]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _declare_float(graph, name):
@@ -259,9 +265,7 @@ def fuse_skip_layernorm(proto):
         remove.add(add.output[0])
         fused += 1
     if fused:
-        kept = [n for n in graph.node if not (n.output and n.output[0] in remove)]
-        del graph.node[:]
-        graph.node.extend(kept)
+        _remove_nodes(graph, remove)
         _use_ms_domain(proto)
     return fused
 

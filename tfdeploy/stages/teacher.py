@@ -22,3 +22,13 @@ def load_teacher(spec, model, context, stage):
         raise StageError(f"{stage}: teacher {spec!r} is neither an earlier stage ({known}) "
                          f"nor a saved model ({checkpoint.MODEL_FILE} missing)")
     return checkpoint.load(path, context.strategy)
+
+
+def check_teachers(stage_list):
+    """Refuse, before any work, a teacher that names no earlier stage and no saved model."""
+    for index, (cfg, _) in enumerate(stage_list):
+        spec = getattr(cfg, "teacher", "previous")
+        earlier = [c.name for c, _ in stage_list[:index]]
+        if spec != "previous" and spec not in earlier and not os.path.exists(spec):
+            raise StageError(f"stage {cfg.name}: teacher {spec!r} is neither an earlier stage "
+                             f"({', '.join(earlier) or 'none'}) nor a saved model path")
