@@ -71,9 +71,8 @@ def run_chain(checkpoint, out, stages, result):
             details = {t["index"]: t for t in interp.get_tensor_details()}
             weights = [details[op["inputs"][1]] for op in interp._get_ops_details()
                        if op["op_name"] == "FULLY_CONNECTED"]
-            # every matmul int8 but V, whose output stays float (see stages/qat.py)
-            entry["int8_fc"] = bool(weights) and all(
-                w["dtype"] == np.int8 for w in weights if "attention_value" not in w["name"])
+            # every matmul weight int8 (V's as a hybrid FC, see export/tflite.py)
+            entry["int8_fc"] = bool(weights) and all(w["dtype"] == np.int8 for w in weights)
             _, batch = next(context.validation.numpy_batches(4))
             entry["tflite_runs"] = bool(np.isfinite(tflite.runner(flat)(batch)).all())
         result["stages"][cfg.name] = entry

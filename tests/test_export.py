@@ -173,3 +173,32 @@ def test_int8_fallback_keeps_sensitive_ops_float(small_run, tmp_path):
         kinds.setdefault(op["op_name"], set()).add(details[op["inputs"][0]])
     assert kinds["SOFTMAX"] == {np.float32} and kinds["RSQRT"] == {np.float32}
     assert np.int8 in kinds["FULLY_CONNECTED"]
+
+
+def test_int8_grid_weights_only_touches_weights_on_an_int8_grid(tmp_path):
+    """A float FC whose weights are k * scale (what QAT's fake quant leaves) is stored int8
+    and computes the same; one with arbitrary float weights is left alone."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    rng = np.random.default_rng(0)
+    scale = 0.01
+    on_grid = rng.integers(-127, 128, (16, 8)).astype(np.float32) * scale
+    on_grid[0, 0] = 127 * scale  # the grid's end, so max |w| / 127 recovers the scale
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="grid"),
+                              keras.layers.Dense(4, name="free")])
+    model.get_layer("grid").set_weights([on_grid, np.zeros(8, np.float32)])
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path = tmp_path / "grid.tflite"
+    path.write_bytes(tflite.int8_grid_weights(data))
+    weights = {v.shape: str(v.dtype) for _, v in tflite.weight_tensors(str(path))}
+    assert weights == {(8, 16): "int8", (4, 8): "float32"}
+    x = rng.normal(size=(1, 16)).astype(np.float32)
+    interp = tflite.interpreter(str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"])
+    expected = model(x).numpy()
+    # a hybrid FC quantizes its input on the fly, so close, not equal
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()

@@ -44,13 +44,15 @@ def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
     interp = tflite.interpreter(out)
     ops = {op["op_name"] for op in interp._get_ops_details()}
     details = {t["index"]: t for t in interp.get_tensor_details()}
-    fc = [(details[op["inputs"][1]]["name"], details[op["inputs"][1]]["dtype"])
+    fc = [(details[op["inputs"][1]]["name"], details[op["inputs"][0]]["dtype"],
+           details[op["inputs"][1]]["dtype"])
           for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
-    # int8 weights everywhere but V, whose output stays float so the probs x V matmul is a
-    # float BATCH_MATMUL (XNNPACK runs no int8 one); the converter stores V float.
-    assert len(fc) == 13 and all(dtype == np.int8 for name, dtype in fc
-                                  if "attention_value" not in name)
-    assert sum("attention_value" in name for name, _ in fc) == 2
+    # int8 weights everywhere. V's output stays float so the probs x V matmul is a float
+    # BATCH_MATMUL (XNNPACK runs no int8 one): the converter stores V float, and
+    # int8_grid_weights stores it back as int8, a hybrid FC (float in, int8 weights).
+    assert len(fc) == 13 and all(w == np.int8 for _, _, w in fc)
+    hybrid = [name for name, x, _ in fc if x == np.float32]
+    assert len(hybrid) == 2 and all("attention_value" in name for name in hybrid)
     matmuls = [details[op["inputs"][0]]["dtype"] for op in interp._get_ops_details()
                if op["op_name"] == "BATCH_MATMUL"]
     assert len(matmuls) == 4 and all(d == np.float32 for d in matmuls)

@@ -39,6 +39,13 @@ def convert_with_float_ops(saved_model_dir, representative, float_ops=FALLBACK_F
 def convert(saved_model_dir, variant, representative=None, sparse=False):
     """Bytes of the .tflite flatbuffer for one variant (tflite_int8 without a
     representative dataset: a QAT model, converted with its learned ranges)."""
+    data = _convert(saved_model_dir, variant, representative, sparse)
+    if variant == "tflite_int8" and representative is None:
+        data = int8_grid_weights(data)
+    return data
+
+
+def _convert(saved_model_dir, variant, representative, sparse):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["serving_default"])
     optimizations = []
     if variant != "tflite_fp32":
@@ -54,6 +61,50 @@ def convert(saved_model_dir, variant, representative=None, sparse=False):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def int8_grid_weights(data):
+    """Store as int8 the float FULLY_CONNECTED weights that already lie on an int8 grid.
+
+    A QAT layer whose output is meant to stay float (V in attention, so probs x V is a float
+    matmul) has fake-quantized weights, but the converter folds them into float32: 4x the
+    bytes and a float matmul. Their values are exactly ``k * scale`` with ``|k| <= 127``, so
+    storing ``k`` as int8 with that scale loses nothing; TFLite runs the op as a hybrid FC
+    (int8 weights, activations quantized on the fly), as the dynamic-range variant does.
+    Weights off the grid (a layer QAT left alone) are kept as they are.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    fc = schema.BuiltinOperator.FULLY_CONNECTED
+    hybrid = None
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != fc or len(op.inputs) < 2:
+                continue
+            x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+            raw = model.buffers[w.buffer].data
+            if schema.TensorType.FLOAT32 != x.type or schema.TensorType.FLOAT32 != w.type \
+                    or raw is None or len(raw) == 0:
+                continue
+            values = np.frombuffer(bytes(raw), np.float32)
+            scale = float(np.abs(values).max()) / 127
+            steps = values / scale if scale > 0 else values
+            if scale == 0 or np.abs(steps - np.round(steps)).max() > 1e-3:
+                continue
+            model.buffers[w.buffer].data = np.round(steps).astype(np.int8).tobytes()
+            w.type = schema.TensorType.INT8
+            w.quantization = schema.QuantizationParametersT()
+            w.quantization.scale, w.quantization.zeroPoint = [scale], [0]
+            if hybrid is None:  # the op version the converter gives dynamic-range FCs
+                hybrid = schema.OperatorCodeT()
+                hybrid.builtinCode, hybrid.deprecatedBuiltinCode, hybrid.version = fc, fc, 12
+                model.operatorCodes.append(hybrid)
+            op.opcodeIndex = model.operatorCodes.index(hybrid)
+            op.builtinOptions.asymmetricQuantizeInputs = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def export(saved_model_dir, variant, path, representative=None, sparse=False, float_ops=()):

@@ -5,6 +5,8 @@ A stage is a class decorated ``@STAGES.register("type")`` with a ``Config`` data
 pipeline hands it a model built inside ``context.strategy.scope()``; the stage compiles and
 trains inside that scope too, and uses ``context`` for data at the global batch size.
 """
+import tf_keras as keras
+
 from tfdeploy.errors import TfdeployError
 from tfdeploy.recipe.fields import Registry, StageConfig, import_submodules
 
@@ -31,6 +33,15 @@ class Stage:
     def load_scopes(self):
         """Context managers needed to load this stage's saved model (e.g. QAT wrappers)."""
         return []
+
+
+def own_copy(model):
+    """``model`` with its own layers and the same weights (call inside the strategy scope).
+    TFMOT's prune and cluster wrappers train the very layer objects they wrap: without a
+    copy they would also change the model entering the stage, which may be a teacher."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def create(config):

@@ -14,7 +14,7 @@ import tf_keras as keras
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
-from tfdeploy.stages import STAGES, Stage
+from tfdeploy.stages import STAGES, Stage, own_copy
 from tfdeploy.training import FitConfig, fit
 
 INITS = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR",
@@ -62,7 +62,7 @@ class Cluster(Stage):
             return layer
 
         with context.strategy.scope():
-            clustered = keras.models.clone_model(model, clone_function=wrap)
+            clustered = keras.models.clone_model(own_copy(model), clone_function=wrap)
         # Best-weights restore is safe here: every evaluation sees clustered weights.
         fit(clustered, context, cfg)
         with context.strategy.scope():

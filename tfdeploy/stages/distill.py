@@ -62,8 +62,9 @@ class Distiller(keras.Model):
     (plus ``hidden.weight`` x the hidden-state MSE when ``hidden`` is given)."""
 
     def __init__(self, student, teacher, alpha, temperature, global_batch, hidden=None,
-                 augment=None):
+                 augment=None, gradient_hook=None):
         super().__init__()
+        self.gradient_hook = gradient_hook  # sees each step's gradients (prune's scores)
         self.augment = augment  # inputs -> a perturbed copy, learned from the teacher only
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
@@ -120,7 +121,10 @@ class Distiller(keras.Model):
                 mse = hidden.loss(x, student_states, teacher_states)
                 loss += tf.nn.scale_regularization_loss(hidden.weight * mse)
         variables = self.student.trainable_variables + (hidden.variables() if hidden else [])
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        grads = tape.gradient(loss, variables)
+        if self.gradient_hook is not None:
+            self.gradient_hook(variables, grads)
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.compiled_metrics.update_state(y, student_logits[:labelled])
         self.ce_tracker.update_state(ce)
         self.kl_tracker.update_state(kl)
@@ -152,14 +156,16 @@ def compile_distiller(distiller, optimizer, context):
                           metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
 
-def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, augment=None):
+def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, augment=None,
+                  gradient_hook=None):
     """Fit ``student`` on cfg.alpha * CE + (1 - cfg.alpha) * T^2 * KL to the frozen
     ``teacher`` (+ ``hidden``'s loss; + the KL on ``augment``ed copies of each batch); the
     distill stage, and qat and prune to stay close to the model entering the stage.
-    Returns fit's history."""
+    ``gradient_hook(variables, grads)`` sees every step's gradients. Returns fit's history."""
     with context.strategy.scope():
         distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
-                              context.global_batch(cfg.batch_size), hidden, augment)
+                              context.global_batch(cfg.batch_size), hidden, augment,
+                              gradient_hook)
         _, sample = next(context.validation.numpy_batches(2))
         distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
     return fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)

@@ -17,7 +17,7 @@ import tf_keras as keras
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
-from tfdeploy.stages import STAGES, Stage, prune_scores
+from tfdeploy.stages import STAGES, Stage, own_copy, prune_scores
 from tfdeploy.stages.prune_scores import CRITERIA
 from tfdeploy.training import FitConfig, fit, step_plan
 
@@ -112,9 +112,6 @@ class Prune(Stage):
                 yield ("m_by_n", f"{self.m_by_n} is not [M, N] with 0 < M < N")
             if len(self.block_size) != 2 or min(self.block_size) < 1:
                 yield ("block_size", f"{self.block_size} is not [rows, cols] >= 1")
-            if self.criterion != "magnitude" and self.alpha < 1:
-                yield ("alpha", "distillation is not combined with the gradient criteria yet "
-                                "(their scores need the stage's own training step)")
             if self.criterion != "magnitude":
                 for key, plain in (("block_size", self.block_size == [1, 1]),
                                    ("m_by_n", self.m_by_n is None),
@@ -188,23 +185,29 @@ class Prune(Stage):
             return layer
 
         with context.strategy.scope():
+            student = own_copy(model)  # ``model`` stays dense: the teacher when alpha < 1
             if cfg.policy == "xnnpack":
                 schedule = make_schedule(cfg, begin, end, frequency)
                 pruned = tfmot.sparsity.keras.prune_low_magnitude(
-                    model, pruning_schedule=schedule,
+                    student, pruning_schedule=schedule,
                     pruning_policy=tfmot.sparsity.keras.PruneForLatencyOnXNNPack())
             else:
-                pruned = keras.models.clone_model(model, clone_function=wrap)
+                pruned = keras.models.clone_model(student, clone_function=wrap)
+        hook = None
         if cfg.criterion != "magnitude":
             pairs = prune_scores.attach(pruned, context.strategy)
-            prune_scores.install_train_step(pruned, pairs, cfg.criterion)
+            if cfg.alpha < 1:  # the distiller's step computes the gradients: score there
+                hook = prune_scores.gradient_hook(pairs, cfg.criterion)
+            else:
+                prune_scores.install_train_step(pruned, pairs, cfg.criterion)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         # Never restore "best" weights from before the final sparsity was reached.
         fit_cfg, extra = dataclasses.replace(cfg, keep_best=False), {}
         if cfg.alpha < 1:  # the dense model teaches its pruned copy
             from tfdeploy.stages.distill import fit_distilled, kl_first_last
 
-            history = fit_distilled(pruned, model, context, fit_cfg, callbacks)
+            history = fit_distilled(pruned, model, context, fit_cfg, callbacks,
+                                    gradient_hook=hook)
             extra = {"kl_to_teacher": kl_first_last(history)}
         else:
             fit(pruned, context, fit_cfg, callbacks)

@@ -66,6 +66,42 @@ def attach(model, strategy):
     return pairs
 
 
+def accumulate(pairs, kind, variables, grads):
+    """Add this step's score to every (weight, score) pair; ``grads`` are the gradients
+    of ``variables`` summed over replicas."""
+    by_var = {v.ref(): g for v, g in zip(variables, grads)}
+    for weight, score in pairs:
+        grad = by_var.get(weight.ref())
+        if grad is None:
+            continue
+        step = -weight * grad if kind == "gradient" else tf.abs(weight * grad)
+        score.assign_add(tf.cast(step, score.dtype))
+
+
+def _all_reduced(grads):
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    return grads
+
+
+def gradient_hook(pairs, kind):
+    """A ``(variables, grads) -> None`` hook for a train step that applies per-replica
+    gradients itself (the distiller's): accumulates the scores from the summed gradients
+    of the pruned weights only (the optimizer still aggregates all gradients)."""
+    if kind not in CRITERIA:
+        raise ValueError(f"unknown score {kind!r}")
+    pruned = {w.ref() for w, _ in pairs}
+
+    def hook(variables, grads):
+        chosen = [(v, g) for v, g in zip(variables, grads)
+                  if g is not None and v.ref() in pruned]
+        summed = _all_reduced([g for _, g in chosen])
+        accumulate(pairs, kind, [v for v, _ in chosen], summed)
+
+    return hook
+
+
 def install_train_step(model, pairs, kind):
     """Replace ``model.train_step`` with one that also accumulates the scores."""
     if kind not in CRITERIA:
@@ -83,17 +119,9 @@ def install_train_step(model, pairs, kind):
         grads = tape.gradient(scaled, variables)
         if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
             grads = optimizer.get_unscaled_gradients(grads)
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            # Sum once here (as the optimizer would) so scores see the global gradient.
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        by_var = {v.ref(): g for v, g in zip(variables, grads)}
-        for weight, score in pairs:
-            grad = by_var.get(weight.ref())
-            if grad is None:
-                continue
-            step = -weight * grad if kind == "gradient" else tf.abs(weight * grad)
-            score.assign_add(tf.cast(step, score.dtype))
+        # Sum once here (as the optimizer would) so scores see the global gradient.
+        grads = _all_reduced(grads)
+        accumulate(pairs, kind, variables, grads)
         optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None],
             skip_gradients_aggregation=True)
