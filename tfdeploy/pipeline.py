@@ -304,7 +304,8 @@ def export_all(recipe, context, model, stage_name, records):
     if recipe.benchmark.enabled and artifacts:
         b = recipe.benchmark
         settings = bench.Settings(tuple(b.batch_sizes), b.seq_length, b.threads, b.warmup_runs,
-                                  b.warmup_seconds, b.runs, b.seconds, b.block)
+                                  b.warmup_seconds, b.runs, b.seconds, b.block,
+                                  b.settle)
         print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
               f"seq {b.seq_length}, {b.threads} threads", flush=True)
         latency = bench.benchmark(artifacts, settings,

@@ -87,8 +87,11 @@ class Benchmark:
                            unit="s")
     warmup_runs: int = field(10, ge=0, doc="Untimed calls per variant first.")
     warmup_seconds: float = field(0.5, ge=0, doc="Untimed seconds per variant first.", unit="s")
-    block: int = field(5, ge=1, doc="Consecutive calls per variant in each round-robin round; "
-                                    "the first after a switch is not recorded.")
+    block: int = field(5, ge=1, doc="Recorded consecutive calls per variant in each "
+                                    "round-robin round.")
+    settle: float = field(0.3, ge=0, doc="Unrecorded calls for this long after each switch "
+                                         "of variant (the previous runtime's threads still "
+                                         "spin).", unit="s")
 
 
 @dataclasses.dataclass(kw_only=True)
