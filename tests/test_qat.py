@@ -89,6 +89,16 @@ def test_qat_self_distillation(tmp_path, small_bert_dir):
     first, last = report["kl_to_teacher"]
     assert np.isfinite(first) and np.isfinite(last) and first >= 0
     assert any(type(l).__name__ == "QuantizeWrapperV2" for l in model.layers)
+    # a saved QAT model works as a teacher path (loaded inside the QAT wrappers' scope)
+    from tfdeploy import checkpoint
+    from tfdeploy.stages.teacher import load_teacher
+
+    saved = tmp_path / "saved_qat"
+    saved.mkdir()
+    checkpoint.save(model, str(saved))
+    teacher = load_teacher(str(saved), None, context, "distill")
+    batch = features([[101, 2307, 3185, 102]])
+    np.testing.assert_allclose(teacher(batch).numpy(), model(batch).numpy(), atol=1e-5)
 
 
 def test_prune_cluster_qat_chain_keeps_zeros_and_clusters(tmp_path, small_bert_dir):

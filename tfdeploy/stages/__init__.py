@@ -30,7 +30,8 @@ class Stage:
         """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
         return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]
 
-    def load_scopes(self):
+    @classmethod
+    def load_scopes(cls):
         """Context managers needed to load this stage's saved model (e.g. QAT wrappers)."""
         return []
 
@@ -42,6 +43,11 @@ def own_copy(model):
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def all_load_scopes():
+    """Every stage type's load scopes: what a saved model of unknown stages needs."""
+    return [scope for name in STAGES.names() for scope in STAGES.get(name).load_scopes()]
 
 
 def create(config):

@@ -264,7 +264,8 @@ class QAT(Stage):
                 for l, ok, reason in plan(model, self.config)] + [
             ("(LayerNorm, softmax, GELU)", "stay float: no int8 config keeps their accuracy")]
 
-    def load_scopes(self):
+    @classmethod
+    def load_scopes(cls):
         from tfdeploy.models.bert_layers import custom_objects
 
         def scope():

@@ -21,7 +21,9 @@ def load_teacher(spec, model, context, stage):
         known = ", ".join(context.stage_outputs) or "none before this stage"
         raise StageError(f"{stage}: teacher {spec!r} is neither an earlier stage ({known}) "
                          f"nor a saved model ({checkpoint.MODEL_FILE} missing)")
-    return checkpoint.load(path, context.strategy)
+    from tfdeploy.stages import all_load_scopes  # a saved QAT model needs its wrappers
+
+    return checkpoint.load(path, context.strategy, scopes=all_load_scopes())
 
 
 def check_teachers(stage_list):
