@@ -68,7 +68,7 @@ def test_every_format_evaluated_in_its_runtime(small_run):
 
 
 def test_onnx_graphs_use_fused_attention_and_gelu(small_run):
-    """Our rewrite put ORT's Attention/Gelu/SkipLayerNormalization ops in (2 layers), the
+    """Our rewrite put ORT's Attention/Gelu ops in (2 layers), the
     quantizer made QAttention; parity of those files with Keras is asserted in the test above."""
     import onnx
 
@@ -80,9 +80,9 @@ def test_onnx_graphs_use_fused_attention_and_gelu(small_run):
     assert ops["onnx_fp32"].count("Attention") == 2 and "Softmax" not in ops["onnx_fp32"]
     assert ops["onnx_fp32"].count("Gelu") + ops["onnx_fp32"].count("BiasGelu") == 2
     assert "Erf" not in ops["onnx_fp32"]
-    # each layer's two residual Add + LayerNorm pairs; the embeddings' LayerNorm stays
-    assert ops["onnx_fp32"].count("SkipLayerNormalization") == 4
-    assert ops["onnx_fp32"].count("LayerNormalization") == 1
+    # residual Add + LayerNorm stay unfused: ORT's SkipLayerNormalization is slower on CPU
+    assert "SkipLayerNormalization" not in ops["onnx_fp32"]
+    assert ops["onnx_fp32"].count("LayerNormalization") == 5
     assert ops["onnx_int8"].count("QAttention") == 2
 
 
