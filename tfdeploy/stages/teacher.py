@@ -9,6 +9,7 @@ import os
 
 from tfdeploy import checkpoint
 from tfdeploy.errors import StageError
+from tfdeploy.stages import all_load_scopes
 
 
 def load_teacher(spec, model, context, stage):
@@ -21,8 +22,7 @@ def load_teacher(spec, model, context, stage):
         known = ", ".join(context.stage_outputs) or "none before this stage"
         raise StageError(f"{stage}: teacher {spec!r} is neither an earlier stage ({known}) "
                          f"nor a saved model ({checkpoint.MODEL_FILE} missing)")
-    from tfdeploy.stages import all_load_scopes  # a saved QAT model needs its wrappers
-
+    # any stage may have saved it: a QAT model needs its wrappers' scope to load
     return checkpoint.load(path, context.strategy, scopes=all_load_scopes())
 
 
