@@ -80,6 +80,40 @@ def test_taylor_scores_come_from_the_distillation_gradients(tmp_path, small_bert
     assert len(stage.report["kl_to_teacher"]) == 2
 
 
+def test_global_threshold_matches_a_sort():
+    """The bisection over order-preserving int keys picks the same cut as sorting floats."""
+    import tensorflow as tf
+    from tfdeploy.stages.prune_scores import global_threshold, order_keys
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(size=5000) * 10.0 ** rng.integers(-8, 3, 5000),
+                             [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    keys = order_keys(tf.constant(scores)).numpy()
+    assert (np.argsort(keys, kind="stable") == np.argsort(scores, kind="stable")).mean() > 0.999
+    for keep in (1, 7, 2500, 5003):
+        kept = keys >= global_threshold(tf.constant(keys), keep).numpy()
+        assert kept.sum() == keep  # no ties among these scores
+        assert scores[kept].min() >= np.sort(scores)[-keep]
+
+
+def test_global_scope_reaches_overall_sparsity(tmp_path, small_bert_dir):
+    """scope: global ranks every layer's Taylor scores together: the overall sparsity is
+    the target while layers end up with different sparsities."""
+    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+                                "stages=[{type: prune, steps: 13, frequency: 5, "
+                                "final_sparsity: 0.7, min_weights: 0, exclude: [classifier], "
+                                "batch_size: 8, learning_rate: 1.0e-4, criterion: taylor, "
+                                "scope: global}]")
+    report = stage.report
+    assert report["sparsity"] == pytest.approx(0.7, abs=0.001)
+    zeros = total = 0
+    for name, value in report["layers"].items():
+        w = main_weight(model.get_layer(name)).numpy()
+        zeros, total = zeros + np.sum(w == 0), total + w.size
+    assert zeros / total == pytest.approx(0.7, abs=0.001)  # from the stripped weights
+    values = sorted(report["layers"].values())
+    assert values[-1] - values[0] > 0.05, report["layers"]
+
+
 def test_per_pattern_targets_and_m_by_n(tmp_path, small_bert_dir):
     stage, model, _ = run_stage(tmp_path, small_bert_dir,
                                 "stages=[{type: prune, steps: 6, frequency: 2, min_weights: 0, "
@@ -111,6 +145,9 @@ def test_impossible_configs(tmp_path, small_bert_dir):
         ("stages=[{type: prune, criterion: gradient, m_by_n: [2, 4]}]", "stages[0].m_by_n",
          "magnitude-only"),
         ("stages=[{type: prune, criterion: fisher}]", "stages[0].criterion", "taylor"),
+        ("stages=[{type: prune, scope: global}]", "stages[0].scope", "gradient criterion"),
+        ("stages=[{type: prune, criterion: taylor, scope: global, targets: {'a.*': 0.5}}]",
+         "stages[0].targets", "conflict with scope: global"),
     ]:
         with pytest.raises(RecipeError) as err:
             load_recipe(tiny, [override])

@@ -94,6 +94,11 @@ class Prune(Stage):
             "magnitude", doc="magnitude: TFMOT's |w|. Gradient criteria, scores summed over "
                              "every step, same schedule: gradient = movement (-w*dL/dw, "
                              "Sanh et al. 2020); taylor = first-order Taylor |w*dL/dw|.")
+        scope: Literal["layer", "global"] = field(
+            "layer", doc="layer: every layer reaches its own target; global (gradient "
+                         "criteria): one score threshold across all pruned layers, so the "
+                         "overall sparsity reaches final_sparsity and the layers the loss "
+                         "depends on more keep more weights.")
         learning_rate: float = field(3e-5, gt=0, doc="Peak learning rate.")
         alpha: float = field(1.0, ge=0, le=1, doc="Weight of the label cross-entropy; 1 - "
                                                   "alpha weighs a KL to the dense model "
@@ -112,6 +117,12 @@ class Prune(Stage):
                 yield ("m_by_n", f"{self.m_by_n} is not [M, N] with 0 < M < N")
             if len(self.block_size) != 2 or min(self.block_size) < 1:
                 yield ("block_size", f"{self.block_size} is not [rows, cols] >= 1")
+            if self.scope == "global":
+                if self.criterion == "magnitude":
+                    yield ("scope", "global needs a gradient criterion (taylor or gradient): "
+                                    "magnitudes are not comparable across layers")
+                if self.targets:
+                    yield ("targets", "per-layer targets conflict with scope: global")
             if self.criterion != "magnitude":
                 for key, plain in (("block_size", self.block_size == [1, 1]),
                                    ("m_by_n", self.m_by_n is None),
@@ -138,11 +149,13 @@ class Prune(Stage):
         return self.config.final_sparsity
 
     def preflight(self, model, context):
-        out = []
-        for layer, chosen, reason in plan(model, self.config, self._cannot):
-            what = f"prune to {self.target(layer.name):.0%} ({self.config.criterion})" \
-                if not self.config.m_by_n else f"prune {self.config.m_by_n[0]}:" \
-                                               f"{self.config.m_by_n[1]}"
+        cfg, out = self.config, []
+        for layer, chosen, reason in plan(model, cfg, self._cannot):
+            if cfg.m_by_n:
+                what = f"prune {cfg.m_by_n[0]}:{cfg.m_by_n[1]}"
+            else:
+                share = " overall (global threshold)" if cfg.scope == "global" else ""
+                what = f"prune to {self.target(layer.name):.0%}{share} ({cfg.criterion})"
             out.append((layer.name, what if chosen else reason))
         return out
 
@@ -195,7 +208,7 @@ class Prune(Stage):
                 pruned = keras.models.clone_model(student, clone_function=wrap)
         hook = None
         if cfg.criterion != "magnitude":
-            pairs = prune_scores.attach(pruned, context.strategy)
+            pairs = prune_scores.attach(pruned, context.strategy, cfg.scope)
             if cfg.alpha < 1:  # the distiller's step computes the gradients: score there
                 hook = prune_scores.gradient_hook(pairs, cfg.criterion)
             else:
@@ -217,6 +230,13 @@ class Prune(Stage):
     def verify(self, names):
         """Fail loudly if the schedule did not reach its targets (e.g. a skipped update)."""
         cfg = self.config
+        if cfg.scope == "global":
+            got = self.report["sparsity"]
+            if got + 0.005 < cfg.final_sparsity:
+                raise StageError(f"prune: overall sparsity {got:.4f}, target "
+                                 f"{cfg.final_sparsity:.4f} (schedule "
+                                 f"{self.report['schedule']})")
+            return
         for name in names:
             got = self.report["layers"][name]
             want = 1 - cfg.m_by_n[0] / cfg.m_by_n[1] if cfg.m_by_n else self.target(name)

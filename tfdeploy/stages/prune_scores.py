@@ -11,6 +11,9 @@ The result is the same stripped Keras model, exportable like magnitude pruning.
   magnitude at high sparsity in that paper, when pruning over many epochs. In our short
   budget on fine-tuned MiniLM it collapsed (bench/prune_criteria.py).
 - ``taylor``: S += |w * dL/dw|, the first-order estimate of the loss change from removing w.
+
+``scope: global`` ranks the scores of all pruned layers together (one threshold), so the
+overall sparsity follows the schedule and layers the loss depends on more keep more weights.
 """
 import tensorflow as tf
 import tf_keras as keras
@@ -20,16 +23,47 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 CRITERIA = ("gradient", "taylor")  # prune.criterion values handled here
 
 
-class ScorePruning(pruning_impl.Pruning):
-    """TFMOT's Pruning with the mask chosen from ``scores`` (weight ref -> score variable)."""
+def order_keys(score):
+    """int32 keys ordered exactly like the float32 scores (negative ones included), so a
+    threshold can be found by bisection over integers instead of sorting millions of floats."""
+    bits = tf.bitcast(tf.cast(score, tf.float32), tf.int32)
+    return tf.bitwise.bitwise_xor(
+        bits, tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 31), 0x7fffffff))
 
-    def __init__(self, scores, **kwargs):
+
+def global_threshold(keys, keep):
+    """The largest int32 key t with at least ``keep`` of ``keys`` >= t (32 bisection steps)."""
+    keys = tf.cast(keys, tf.int64)
+
+    def body(lo, hi):
+        mid = (lo + hi) // 2
+        enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int64)) >= tf.cast(keep, tf.int64)
+        return tf.where(enough, mid, lo), tf.where(enough, hi, mid)
+
+    lo, _ = tf.while_loop(lambda lo, hi: hi - lo > 1, body,
+                          (tf.constant(-2 ** 31, tf.int64), tf.constant(2 ** 31, tf.int64)))
+    return lo
+
+
+class ScorePruning(pruning_impl.Pruning):
+    """TFMOT's Pruning with the mask chosen from ``scores`` (weight ref -> score variable).
+    With ``everyone`` (every pruned layer's score variable) the threshold is global."""
+
+    def __init__(self, scores, everyone=None, **kwargs):
         super().__init__(**kwargs)
         self._scores = scores
+        self._everyone = everyone
 
     def _maybe_update_block_mask(self, weights):
         score = tf.convert_to_tensor(self._scores[weights.ref()])
         sparsity = self._pruning_schedule(self._step_fn())[1]
+        if self._everyone:
+            keys = tf.concat([tf.reshape(order_keys(s), [-1]) for s in self._everyone], 0)
+            n = tf.cast(tf.size(keys), tf.float32)
+            keep = tf.cast(tf.maximum(tf.round(n * (1 - sparsity)), 1), tf.int64)
+            mine = tf.cast(order_keys(score), tf.int64) >= global_threshold(keys, keep)
+            lowest = tf.reduce_min(tf.where(mine, score, score.dtype.max))
+            return tf.cast(lowest, weights.dtype), tf.cast(mine, weights.dtype)
         flat = tf.reshape(score, [-1])
         n = tf.size(flat)
         keep = tf.cast(tf.maximum(tf.round(tf.cast(n, tf.float32) * (1 - sparsity)), 1),
@@ -44,9 +78,10 @@ def wrappers(model):
     return [l for l in model.layers if isinstance(l, pruning_wrapper.PruneLowMagnitude)]
 
 
-def attach(model, strategy):
-    """Give every pruning wrapper score variables and ScorePruning; [(weight, score)]."""
-    pairs = []
+def attach(model, strategy, scope="layer"):
+    """Give every pruning wrapper score variables and ScorePruning; [(weight, score)].
+    ``scope="global"``: every layer's mask comes from one threshold over all the scores."""
+    pairs, everyone = [], []
     with strategy.scope():
         for layer in wrappers(model):
             scores = {}
@@ -58,9 +93,11 @@ def attach(model, strategy):
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 scores[weight.ref()] = score
                 pairs.append((weight, score))
+                everyone.append(score)
             old = layer.pruning_obj
             layer.pruning_obj = ScorePruning(
-                scores, training_step_fn=old._step_fn, pruning_vars=layer.pruning_vars,
+                scores, everyone if scope == "global" else None,
+                training_step_fn=old._step_fn, pruning_vars=layer.pruning_vars,
                 pruning_schedule=layer.pruning_schedule, block_size=layer.block_size,
                 block_pooling_type=layer.block_pooling_type)
     return pairs
