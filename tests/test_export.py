@@ -173,6 +173,35 @@ def test_int8_fallback_keeps_sensitive_ops_float(small_run, tmp_path):
         kinds.setdefault(op["op_name"], set()).add(details[op["inputs"][0]])
     assert kinds["SOFTMAX"] == {np.float32} and kinds["RSQRT"] == {np.float32}
     assert np.int8 in kinds["FULLY_CONNECTED"]
+    assert kinds["GELU"] == {np.float32}  # XNNPACK has no int8 GELU (float_islands)
+
+
+def test_float_islands_move_int8_gelu_into_float_without_changing_outputs(small_run, tmp_path):
+    """The converter's int8 GELU (a lookup table XNNPACK cannot run) becomes DEQUANTIZE ->
+    float GELU -> QUANTIZE; the int8 outputs stay the same."""
+    from tfdeploy import pipeline
+    from tfdeploy.recipe import load_recipe
+    recipe_path, _, tmp = small_run
+    context, _ = pipeline.prepare(load_recipe(str(recipe_path)), pipeline.Options())
+    saved = str(next((tmp / "saved_models" / "small").iterdir()))
+    lut = tflite._convert(saved, "tflite_int8", context.train.representative(10, 0), False)
+    paths = {"lut": tmp_path / "lut.tflite", "float": tmp_path / "float.tflite"}
+    paths["lut"].write_bytes(lut)
+    paths["float"].write_bytes(tflite.float_islands(lut))
+    gelu_inputs, outputs = {}, {}
+    for key, path in paths.items():
+        interp = tflite.interpreter(str(path))
+        details = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+        gelu_inputs[key] = {details[op["inputs"][0]] for op in interp._get_ops_details()
+                            if op["op_name"] == "GELU"}
+        run = tflite.runner(str(path))
+        outputs[key] = np.concatenate([run(f) for _, f in
+                                       context.validation.numpy_batches(32)])
+    assert gelu_inputs == {"lut": {np.int8}, "float": {np.float32}}
+    # float GELU then rounding to int8 can differ from the table by one step at most
+    diff = np.abs(outputs["lut"] - outputs["float"]).max()
+    assert diff <= 0.05 * np.abs(outputs["lut"]).max(), diff
+    assert np.mean(outputs["lut"].argmax(-1) == outputs["float"].argmax(-1)) >= 0.99
 
 
 def test_int8_grid_weights_only_touches_weights_on_an_int8_grid(tmp_path):
