@@ -198,7 +198,7 @@ def test_float_islands_move_int8_gelu_into_float_without_changing_outputs(small_
         outputs[key] = np.concatenate([run(f) for _, f in
                                        context.validation.numpy_batches(32)])
     assert gelu_inputs == {"lut": {np.int8}, "float": {np.float32}}
-    # float GELU then rounding to int8 can differ from the table by one step at most
+    # float GELU then rounding may differ from the table by an int8 step here and there
     diff = np.abs(outputs["lut"] - outputs["float"]).max()
     assert diff <= 0.05 * np.abs(outputs["lut"]).max(), diff
     assert np.mean(outputs["lut"].argmax(-1) == outputs["float"].argmax(-1)) >= 0.99

@@ -33,11 +33,10 @@ def order_keys(score):
 
 def global_threshold(keys, keep):
     """The largest int32 key t with at least ``keep`` of ``keys`` >= t (32 bisection steps)."""
-    keys = tf.cast(keys, tf.int64)
-
-    def body(lo, hi):
+    def body(lo, hi):  # bounds in int64 (hi may be 2**31); every mid fits int32
         mid = (lo + hi) // 2
-        enough = tf.reduce_sum(tf.cast(keys >= mid, tf.int64)) >= tf.cast(keep, tf.int64)
+        count = tf.reduce_sum(tf.cast(keys >= tf.cast(mid, keys.dtype), tf.int64))
+        enough = count >= tf.cast(keep, tf.int64)
         return tf.where(enough, mid, lo), tf.where(enough, hi, mid)
 
     lo, _ = tf.while_loop(lambda lo, hi: hi - lo > 1, body,
@@ -45,23 +44,47 @@ def global_threshold(keys, keep):
     return lo
 
 
+class GlobalCut:
+    """One threshold key over every pruned layer's scores, computed once per mask update:
+    the first layer updating at a step computes it (0.55 s for MiniLM's 10.6M scores), the
+    other layers of that step read it back."""
+
+    def __init__(self):
+        self.scores = []
+        # identical on every replica (the scores are), so one replica's copy is enough
+        kw = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.step = tf.Variable(tf.constant(-1, tf.int64), name="global_cut_step", **kw)
+        self.key = tf.Variable(tf.constant(0, tf.int64), name="global_cut_key", **kw)
+
+    def threshold(self, step, sparsity):
+        step = tf.cast(step, tf.int64)
+
+        def compute():
+            keys = tf.concat([tf.reshape(order_keys(s), [-1]) for s in self.scores], 0)
+            n = tf.cast(tf.size(keys), tf.float32)
+            keep = tf.cast(tf.maximum(tf.round(n * (1 - sparsity)), 1), tf.int64)
+            key = global_threshold(keys, keep)
+            with tf.control_dependencies([self.key.assign(key), self.step.assign(step)]):
+                return tf.identity(key)
+
+        return tf.cond(tf.equal(self.step, step), self.key.read_value, compute)
+
+
 class ScorePruning(pruning_impl.Pruning):
     """TFMOT's Pruning with the mask chosen from ``scores`` (weight ref -> score variable).
-    With ``everyone`` (every pruned layer's score variable) the threshold is global."""
+    With a ``GlobalCut`` the threshold is shared by every pruned layer."""
 
-    def __init__(self, scores, everyone=None, **kwargs):
+    def __init__(self, scores, cut=None, **kwargs):
         super().__init__(**kwargs)
         self._scores = scores
-        self._everyone = everyone
+        self._cut = cut
 
     def _maybe_update_block_mask(self, weights):
         score = tf.convert_to_tensor(self._scores[weights.ref()])
-        sparsity = self._pruning_schedule(self._step_fn())[1]
-        if self._everyone:
-            keys = tf.concat([tf.reshape(order_keys(s), [-1]) for s in self._everyone], 0)
-            n = tf.cast(tf.size(keys), tf.float32)
-            keep = tf.cast(tf.maximum(tf.round(n * (1 - sparsity)), 1), tf.int64)
-            mine = tf.cast(order_keys(score), tf.int64) >= global_threshold(keys, keep)
+        step = self._step_fn()
+        sparsity = self._pruning_schedule(step)[1]
+        if self._cut is not None:
+            mine = tf.cast(order_keys(score), tf.int64) >= self._cut.threshold(step, sparsity)
             lowest = tf.reduce_min(tf.where(mine, score, score.dtype.max))
             return tf.cast(lowest, weights.dtype), tf.cast(mine, weights.dtype)
         flat = tf.reshape(score, [-1])
@@ -81,8 +104,9 @@ def wrappers(model):
 def attach(model, strategy, scope="layer"):
     """Give every pruning wrapper score variables and ScorePruning; [(weight, score)].
     ``scope="global"``: every layer's mask comes from one threshold over all the scores."""
-    pairs, everyone = [], []
+    pairs = []
     with strategy.scope():
+        cut = GlobalCut() if scope == "global" else None
         for layer in wrappers(model):
             scores = {}
             for weight, _, _ in layer.pruning_vars:
@@ -93,10 +117,11 @@ def attach(model, strategy, scope="layer"):
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 scores[weight.ref()] = score
                 pairs.append((weight, score))
-                everyone.append(score)
+                if cut is not None:
+                    cut.scores.append(score)
             old = layer.pruning_obj
             layer.pruning_obj = ScorePruning(
-                scores, everyone if scope == "global" else None,
+                scores, cut,
                 training_step_fn=old._step_fn, pruning_vars=layer.pruning_vars,
                 pruning_schedule=layer.pruning_schedule, block_size=layer.block_size,
                 block_pooling_type=layer.block_pooling_type)
