@@ -162,7 +162,7 @@ def test_int8_fallback_keeps_sensitive_ops_float(small_run, tmp_path):
     recipe_path, run_dir, tmp = small_run
     recipe = load_recipe(str(recipe_path))
     context, _ = pipeline.prepare(recipe, pipeline.Options())
-    saved = str(next((tmp / "saved_models" / "small").iterdir()))
+    saved = str(tmp / "saved_models" / "small" / "1")
     rep = context.train.representative(10, 0)
     out = str(tmp_path / "fallback.tflite")
     tflite.export(saved, "tflite_int8", out, rep, float_ops=tflite.FALLBACK_FLOAT_OPS)
@@ -183,7 +183,7 @@ def test_float_islands_move_int8_gelu_into_float_without_changing_outputs(small_
     from tfdeploy.recipe import load_recipe
     recipe_path, _, tmp = small_run
     context, _ = pipeline.prepare(load_recipe(str(recipe_path)), pipeline.Options())
-    saved = str(next((tmp / "saved_models" / "small").iterdir()))
+    saved = str(tmp / "saved_models" / "small" / "1")
     lut = tflite._convert(saved, "tflite_int8", context.train.representative(10, 0), False)
     paths = {"lut": tmp_path / "lut.tflite", "float": tmp_path / "float.tflite"}
     paths["lut"].write_bytes(lut)
@@ -231,3 +231,37 @@ def test_int8_grid_weights_only_touches_weights_on_an_int8_grid(tmp_path):
     expected = model(x).numpy()
     # a hybrid FC quantizes its input on the fly, so close, not equal
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+
+def test_exporter_failure_is_one_line_and_keeps_finished_artifacts(small_run, tmp_path):
+    """A missing optional package inside an exporter (here sympy, which ONNX Runtime's
+    transformer optimizer imports; a stand-in package that refuses to import takes its
+    place): one line naming the artifact and the cause, exit 4, no traceback; the artifacts
+    finished before it are on disk and in metrics.json; nothing half-written; nothing
+    published for TF Serving."""
+    recipe, _, _ = small_run
+    poison = tmp_path / "poison" / "sympy"
+    poison.mkdir(parents=True)
+    (poison / "__init__.py").write_text("raise ImportError(\"No module named 'sympy'\")\n")
+    runs, exports = tmp_path / "runs", tmp_path / "saved_models"
+    env = {"PYTHONPATH": os.pathsep.join([str(poison.parent), ROOT])}
+    proc = run_cli(str(recipe), f"--output_dir={runs}", f"--set=export.dir={exports}",
+                   "--set=export.formats=[savedmodel,tflite_fp32,onnx_fp32,onnx_int8]",
+                   "--set=benchmark.enabled=false", env=env)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: export onnx_fp32: ")
+    assert "sympy" in errors[0]
+    (run_dir,) = (runs / "small").iterdir()
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    assert [r["artifact"] for r in records] == ["keras", "savedmodel", "tflite_fp32"]
+    files = sorted(p.name for p in (run_dir / "artifacts").iterdir())
+    assert files == ["savedmodel", "small.tflite_fp32.tflite"]
+    assert not list(run_dir.rglob(".tmp*"))
+    assert not exports.exists() or not any(p.name.isdigit() for p in
+                                           (exports / "small").iterdir())
+    # --verbosity 1 shows the cause's traceback for whoever debugs it
+    proc = run_cli(str(recipe), f"--output_dir={runs}", f"--set=export.dir={exports}",
+                   "--set=export.formats=[onnx_fp32]", "--resume", "--verbosity=1", env=env)
+    assert proc.returncode == 4 and "Traceback" in proc.stderr

@@ -14,11 +14,12 @@ import time
 
 import yaml
 
-from tfdeploy import checkpoint, evaluate, models, report, stages, strategy as strategies
+from tfdeploy import checkpoint, evaluate, models, publish, report, stages, strategy as strategies
 # Imported now, not when a long run reaches them: an edit to the tree while a run trains
 # must not hand it a newer module half way.
-from tfdeploy import bench, export  # noqa: F401
+from tfdeploy import bench, deliver, export  # noqa: F401
 from tfdeploy.export import onnx as _onnx, savedmodel as _savedmodel, tflite as _tflite  # noqa
+from tfdeploy.export.job import Traits
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
@@ -144,10 +145,37 @@ def _run(recipe, opts, context, stage_list):
     atomic_write_text(os.path.join(run_dir, "recipe.yaml"),
                       yaml.safe_dump(to_dict(recipe), sort_keys=False))
     atomic_write_json(os.path.join(run_dir, "env.json"), environment(context.strategy_info))
+    records, started = [], time.time()
+    model = run_stages(recipe, opts, context, stage_list, records)
+    traits = Traits(**{k: v for _, stage in stage_list for k, v in stage.model_traits.items()})
+    stage_name = stage_list[-1][0].name if stage_list else "input"
+    failure, problems, published = None, [], None
+    try:
+        artifacts, problems = deliver.deliver(recipe, context, model, traits, stage_name,
+                                              records)
+    except deliver.ArtifactError as e:
+        failure = e
+    else:
+        published = publish_if_passed(recipe, context, artifacts, problems, records)
+    summary = {"schema_version": 1, "recipe": recipe.name, "run_dir": run_dir,
+               "seconds": round(time.time() - started, 1),
+               "strategy": context.strategy_info, "records": records}
+    if context.is_chief:
+        write_report(summary, run_dir)
+        if published:
+            print(f"published: {published}", flush=True)
+    if failure:
+        raise failure
+    if problems:
+        raise GateError("\n".join(problems))
+    return summary
+
+
+def run_stages(recipe, opts, context, stage_list, records):
+    """Run (or load from the cache) each stage in turn; the last stage's model."""
     digest = fingerprint(to_dict(recipe.model), to_dict(recipe.data), recipe.seed)
     with context.strategy.scope():
         model = context.plugin.build()
-    records, started = [], time.time()
     # Stage models later stages name as their teacher; only those stay in memory.
     teachers = {getattr(cfg, "teacher", None) for cfg, _ in stage_list}
     reached_start = not opts.start_from
@@ -155,59 +183,81 @@ def _run(recipe, opts, context, stage_list):
     for index, (cfg, stage) in enumerate(stage_list):
         digest = fingerprint(digest, to_dict(cfg))
         reached_start = reached_start or cfg.name == opts.start_from
-        context.stage_dir = os.path.join(run_dir, f"{index}-{cfg.name}")
+        context.stage_dir = os.path.join(context.run_dir, f"{index}-{cfg.name}")
         context.backup_dir = backup_dir(recipe, opts, context, digest)
         scopes.extend(stage.load_scopes())
         context.previous_stages = [c.type for c, _ in stage_list[:index]]
-        cached = None
-        if opts.resume and is_finished(context.stage_dir, digest):
-            cached = context.stage_dir
-        elif opts.resume or not reached_start:
-            cached = find_cached(digest, opts.output_dir or recipe.output.dir)
-            if cached is None and not reached_start:
-                raise TfdeployError(f"--from {opts.start_from}: stage {cfg.name!r} has no "
-                                    f"finished output with the same config in earlier runs; "
-                                    f"run it first")
+        cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
             model = checkpoint.load(cached, context.strategy, scopes=scopes)
-            if cfg.name in teachers:
-                context.stage_outputs[cfg.name] = model
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
             if context.is_chief and cached != context.stage_dir:
                 atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
-            continue
-        model = run_stage(stage, cfg, model, context, digest)
+        else:
+            model = run_stage(stage, cfg, model, context, digest)
+            records.append(finish_stage(stage, cfg, model, context, digest))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
-        rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
-        if getattr(stage, "report", None):
-            rec["stage_report"] = stage.report
-        print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
-              flush=True)
-        if context.is_chief:
-            atomic_write_json(context.path("eval.json"), rec)
-            atomic_write_json(context.path(STAGE_DONE), {
-                "hash": digest, "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
-                "seconds": round(time.time() - context.stage_started, 1)})
-        records.append(rec)
     if not stage_list:
         rec, _ = evaluate.evaluate_keras(model, context, "input")
         records.append(rec)
-    stage_name = stage_list[-1][0].name if stage_list else "input"
-    problems = export_all(recipe, context, model, stage_name, records)
-    summary = {"schema_version": 1, "recipe": recipe.name, "run_dir": run_dir,
-               "seconds": round(time.time() - started, 1),
-               "strategy": context.strategy_info, "records": records}
+    return model
+
+
+def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
+    """The directory of a finished output to reuse for this stage, or None to run it."""
+    if opts.resume and is_finished(context.stage_dir, digest):
+        return context.stage_dir
+    if not opts.resume and reached_start:
+        return None
+    cached = find_cached(digest, opts.output_dir or recipe.output.dir)
+    if cached is None and not reached_start:
+        raise TfdeployError(f"--from {opts.start_from}: stage {cfg.name!r} has no finished "
+                            f"output with the same config in earlier runs; run it first")
+    return cached
+
+
+def finish_stage(stage, cfg, model, context, digest):
+    """Evaluate a stage's new model; the chief records it and marks the stage done."""
+    rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
+    if getattr(stage, "report", None):
+        rec["stage_report"] = stage.report
+    print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
+          flush=True)
     if context.is_chief:
-        atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
-        pngs = report.plots(summary, run_dir)
-        atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary, pngs))
-        print(f"report: {os.path.join(run_dir, 'report.md')}")
+        atomic_write_json(context.path("eval.json"), rec)
+        atomic_write_json(context.path(STAGE_DONE), {
+            "hash": digest, "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
+            "seconds": round(time.time() - context.stage_started, 1)})
+    return rec
+
+
+def publish_if_passed(recipe, context, artifacts, problems, records):
+    """Publish the SavedModel for TF Serving once every artifact passed its gates; drop it
+    when it was only the converters' input. Returns the published path or None."""
+    saved = next((a for a in artifacts if a.name == "savedmodel"), None)
+    if not context.is_chief:
+        return None
+    if saved is None:
+        shutil.rmtree(os.path.join(context.run_dir, "artifacts", "savedmodel"),
+                      ignore_errors=True)
+        return None
     if problems:
-        raise GateError("\n".join(problems))
-    return summary
+        return None
+    target = publish.publish(saved.path, recipe.export.dir, recipe.name, recipe.export.version)
+    for rec in records:
+        if rec["artifact"] == "savedmodel" and rec.get("path") == saved.path:
+            rec["published"] = target
+    return target
+
+
+def write_report(summary, run_dir):
+    atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
+    pngs = report.plots(summary, run_dir)
+    atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary, pngs))
+    print(f"report: {os.path.join(run_dir, 'report.md')}")
 
 
 def backup_dir(recipe, opts, context, digest):
@@ -257,60 +307,3 @@ def remove_empty_dirs(path, levels):
         except OSError:  # not empty (or gone): stop
             return
         path = os.path.dirname(path)
-
-
-def export_all(recipe, context, model, stage_name, records):
-    """Write the recipe's artifacts, evaluate each in its runtime; return gate problems."""
-    from tfdeploy.export import export_artifacts, int8_fallback
-
-    if not recipe.export.formats:
-        return []
-    problems = []
-    ev = recipe.evaluate
-    reference = context.predict(model)  # every worker takes part in the distributed predict
-    if not context.is_chief:
-        return []  # artifacts are the chief's
-    keras_records = [r for r in records if r["artifact"] == "keras"]
-    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
-    pruned = any(s.type == "prune" for s in recipe.stages)
-    qat = any(s.type == "qat" for s in recipe.stages)
-    artifacts = export_artifacts(recipe, context, model, sparse=pruned, qat=qat)
-    for artifact in list(artifacts):
-        rec = evaluate.evaluate_artifact(artifact, context, stage_name, reference, ev.threads)
-        if artifact.runtime == "litert" and not (pruned and artifact.name == "tflite_fp32"):
-            # (sparse-encoded fp32 weights are not readable as plain tensors)
-            from tfdeploy.export.tflite import weight_stats
-            rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
-        records.append(rec)
-        print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
-              f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
-              f"max diff {rec['max_abs_diff']:.1e})", flush=True)
-        problem = evaluate.check_float_parity(rec, ev.float_tolerance) if artifact.is_float \
-            else None
-        problem = problem or evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
-        if problem and artifact.name == "tflite_int8" and not qat and \
-                recipe.export.int8_fallback == "on_gate":
-            print(f"  {problem}\n  retrying full int8 with sensitive ops in float",
-                  flush=True)
-            retry = int8_fallback(recipe, context, artifacts)
-            rec = evaluate.evaluate_artifact(retry, context, stage_name, reference, ev.threads)
-            records.append(rec)
-            artifacts.append(retry)
-            print(f"export {retry.name}: {retry.path} (accuracy "
-                  f"{rec['metrics']['accuracy']:.4f})", flush=True)
-            problem = evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
-        if problem:
-            problems.append(problem)
-    if recipe.benchmark.enabled and artifacts:
-        b = recipe.benchmark
-        settings = bench.Settings(tuple(b.batch_sizes), b.seq_length, b.threads, b.warmup_runs,
-                                  b.warmup_seconds, b.runs, b.seconds, b.block,
-                                  b.settle)
-        print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
-              f"seq {b.seq_length}, {b.threads} threads", flush=True)
-        latency = bench.benchmark(artifacts, settings,
-                                  make_inputs=context.plugin.synthetic_inputs)
-        for rec in records[-len(artifacts):]:
-            rec["latency"] = latency[rec["artifact"]]
-            rec["latency_settings"] = {"seq_length": b.seq_length, "threads": b.threads}
-    return problems

@@ -4,6 +4,7 @@ Bad input (recipe, override, data, checkpoint) prints one clear message and exit
 """
 import os
 import sys
+import traceback
 import warnings
 
 from absl import app, flags, logging
@@ -39,6 +40,8 @@ def main(argv):
     try:
         return _main(argv[1])
     except TfdeployError as e:
+        if FLAGS.verbosity > 0:  # the cause's traceback, for whoever debugs it
+            traceback.print_exception(e)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

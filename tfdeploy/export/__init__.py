@@ -1,16 +1,45 @@
-"""Exporters: each artifact format is written atomically and run in its own runtime.
+"""Export formats: one registered :class:`Format` per artifact kind.
 
-``export_artifacts`` writes what the recipe's ``export.formats`` asks for: the SavedModel in
-TF Serving layout (``<export.dir>/<name>/<version>/``) and the TFLite / ONNX files beside the
-run (``<run dir>/artifacts/``). Every artifact comes back with a runner for evaluation and
-benchmarks.
+A format declares its runtime, whether it is float (so it must match the Keras model
+exactly) and how it writes itself from an :class:`~tfdeploy.export.job.ExportJob`, which
+hands out what formats share (the SavedModel the TFLite converter reads, calibration rows,
+the float ONNX graph the int8 one quantizes) and writes each only once. To add a format, add
+a module here with a ``Format`` subclass decorated ``@register``; the recipe schema's list of
+formats comes from this registry.
 """
 import dataclasses
 import os
 
-FLOAT_FORMATS = ("savedmodel", "tflite_fp32", "onnx_fp32")
-FORMATS = ("savedmodel", "tflite_fp32", "tflite_fp16", "tflite_dynamic_int8", "tflite_int8",
-           "onnx_fp32", "onnx_int8")
+_FORMATS = {}
+
+
+class Format:
+    """One artifact kind. Subclasses set the class attributes and implement ``write``."""
+
+    name = ""
+    runtime = ""        # "tf", "litert" or "onnxruntime": what runs the file
+    is_float = False    # float artifacts must agree with Keras within float_tolerance
+    suffix = ""         # file name ending; "" for a directory
+    order = 100         # position in the default list (and in the JSON Schema)
+
+    def write(self, job, path):
+        """Write the artifact to ``path`` (atomically) and return the path."""
+        raise NotImplementedError
+
+
+def register(cls):
+    if cls.name in _FORMATS:
+        raise ValueError(f"export format {cls.name!r} registered twice")
+    _FORMATS[cls.name] = cls()
+    return cls
+
+
+def get(name):
+    return _FORMATS[name]
+
+
+def names():
+    return tuple(sorted(_FORMATS, key=lambda n: (_FORMATS[n].order, n)))
 
 
 @dataclasses.dataclass
@@ -26,10 +55,10 @@ class Artifact:
 
     @property
     def is_float(self):
-        return self.name in FLOAT_FORMATS
+        return self.name in _FORMATS and _FORMATS[self.name].is_float
 
     def runner(self, threads=2):
-        """Callable: dict of numpy int32 inputs -> numpy logits."""
+        """Callable: dict of numpy inputs -> numpy outputs (logits)."""
         return runner_for(self.path, threads)
 
     def size(self):
@@ -63,54 +92,12 @@ def dir_size(path):
                for f in files)
 
 
-def export_artifacts(recipe, context, model, sparse=False, qat=False):
-    """Write every format in ``recipe.export.formats``; return the Artifacts in that order."""
-    from tfdeploy.export import onnx, savedmodel, tflite
+def _load_formats():
+    from tfdeploy.recipe.fields import import_submodules
 
-    cfg = recipe.export
-    formats = list(cfg.formats)
-    needs_savedmodel = any(f.startswith("tflite") for f in formats) or "savedmodel" in formats
-    out, saved = [], None
-    if needs_savedmodel:
-        saved = savedmodel.export(model, context.plugin.input_specs(), context.task.label_names,
-                                  cfg.dir, recipe.name, cfg.version)
-        if "savedmodel" in formats:
-            out.append(Artifact("savedmodel", saved))
-    folder = os.path.join(context.run_dir, "artifacts")
-    for fmt in formats:
-        if fmt.startswith("tflite"):
-            # A QAT model carries its own learned ranges: no calibration.
-            rep = context.train.representative(cfg.calibration_examples, recipe.seed) \
-                if fmt == "tflite_int8" and not qat else None
-            path = os.path.join(folder, f"{recipe.name}.{fmt}.tflite")
-            float_ops = tflite.FALLBACK_FLOAT_OPS if rep and cfg.int8_fallback == "always" \
-                else ()
-            out.append(Artifact(fmt, tflite.export(saved, fmt, path, rep, sparse, float_ops)))
-    onnx_formats = [f for f in formats if f.startswith("onnx")]
-    if onnx_formats:
-        fp32 = os.path.join(folder, f"{recipe.name}.onnx_fp32.onnx")
-        int8 = os.path.join(folder, f"{recipe.name}.onnx_int8.onnx")
-        shape = getattr(context.plugin, "attention_shape", lambda: (0, 0))()
-        onnx.export(model, context.plugin.input_specs(), fp32,
-                    int8 if "onnx_int8" in onnx_formats else None, cfg.opset, *shape)
-        out.extend(Artifact(f, fp32 if f == "onnx_fp32" else int8) for f in onnx_formats)
-    if saved and "savedmodel" not in formats and not (
-            "tflite_int8" in formats and cfg.int8_fallback == "on_gate"):
-        import shutil
-        shutil.rmtree(saved)  # only needed as the TFLite converter's input
-    return out
+    import_submodules(__name__, __path__)
 
 
-def int8_fallback(recipe, context, artifacts):
-    """Convert tflite_int8 again with sensitive ops in float; the new Artifact."""
-    from tfdeploy.export import tflite
-
-    saved = next((a.path for a in artifacts if a.name == "savedmodel"), None) or os.path.join(
-        recipe.export.dir, recipe.name, str(max(int(v) for v in os.listdir(
-            os.path.join(recipe.export.dir, recipe.name)) if v.isdigit())))
-    path = os.path.join(context.run_dir, "artifacts",
-                        f"{recipe.name}.tflite_int8_fallback.tflite")
-    rep = context.train.representative(recipe.export.calibration_examples, recipe.seed)
-    return Artifact("tflite_int8_fallback",
-                    tflite.export(saved, "tflite_int8", path, rep, False,
-                                  tflite.FALLBACK_FLOAT_OPS))
+_load_formats()
+FORMATS = names()
+FLOAT_FORMATS = tuple(n for n in FORMATS if _FORMATS[n].is_float)

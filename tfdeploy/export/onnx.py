@@ -5,9 +5,11 @@ tf2onnx 1.17 has no handler for ``Erfc``, which TF 2.21 emits for exact GELU
 We register ``Erfc(x) -> 1 - Erf(x)`` (exact, since erfc = 1 - erf) rather than switch the
 model to tanh-GELU, which would change its outputs.
 
-``onnx_fp32`` is the converted graph after ONNX Runtime's transformer optimizer (attention,
-LayerNorm, GELU fusions where its patterns match); ``onnx_int8`` is that graph with ORT
-dynamic int8 quantization of the matmuls *and* the embedding gathers.
+``onnx_fp32`` is the converted graph with exact GELU fused into ORT's ``Gelu`` op (ours:
+ORT's fusion only knows the ``1 + erf`` form), then whatever rewrites the model plugin
+declares (BERT: its attention blocks into ORT's ``Attention`` op, then ORT's transformer
+optimizer); ``onnx_int8`` is that graph with ORT dynamic int8 quantization of the matmuls
+*and* the embedding gathers.
 """
 import os
 import tempfile
@@ -15,10 +17,26 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from tfdeploy.export import Format, register
 from tfdeploy.rundir import atomic_write_bytes
 
-VARIANTS = ("onnx_fp32", "onnx_int8")
 _registered = False
+
+
+@register
+class OnnxFp32(Format):
+    name, runtime, is_float, suffix, order = "onnx_fp32", "onnxruntime", True, ".onnx", 20
+
+    def write(self, job, path):
+        return job.onnx_fp32()
+
+
+@register
+class OnnxInt8(Format):
+    name, runtime, suffix, order = "onnx_int8", "onnxruntime", ".onnx", 21
+
+    def write(self, job, path):
+        return quantize(job.onnx_fp32(), path)
 
 
 def register_erfc():
@@ -60,7 +78,7 @@ def convert(model, input_specs, opset=17):
     return proto
 
 
-def _const(graph, name):
+def const_value(graph, name):
     """The value of an initializer or Constant node output, or None."""
     from onnx import numpy_helper
 
@@ -88,7 +106,7 @@ def fuse_gelu(proto):
             consumers.setdefault(i, []).append(node)
 
     def is_const(name, value):
-        got = _const(graph, name)
+        got = const_value(graph, name)
         return got is not None and got.size == 1 and abs(float(got) - value) < 1e-5
 
     def other(node, name):
@@ -130,7 +148,7 @@ def fuse_gelu(proto):
         fused += 1
     if fused:
         _remove_nodes(graph, remove)
-        _use_ms_domain(proto)
+        use_ms_domain(proto)
     return fused
 
 
@@ -151,7 +169,7 @@ def _declare_float(graph, name):
         graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
 
 
-def _use_ms_domain(proto):
+def use_ms_domain(proto):
     """Declare the com.microsoft opset the fused ORT ops come from."""
     from onnx import helper
 
@@ -159,83 +177,7 @@ def _use_ms_domain(proto):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def fuse_attention(proto, num_heads, hidden_size):
-    """Replace each of our BERT's self-attention blocks (Q/K/V projections on token rows,
-    reshapes, scaled scores + mask bias, softmax, context) with one ORT
-    ``com.microsoft.Attention`` op, which the int8 quantizer turns into ``QAttention``.
-    ORT's own attention fusion only matches the graphs of the exporters it knows. Blocks
-    are found by our layer names (``layer_N_attention_query`` ...); the parity check of
-    every exported artifact against Keras guards the rewrite. Returns the count fused."""
-    import re
-
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = proto.graph
-    by_name = {n.name: n for n in graph.node}
-    inputs = {i.name for i in graph.input}
-    if not {"input_ids", "attention_mask"} <= inputs:
-        return 0
-    blocks = {}
-    for node in graph.node:
-        m = re.fullmatch(r"(.*?)(layer_\d+)_attention_query/MatMul", node.name)
-        if m:
-            blocks[m.group(2)] = m.group(1)
-    new_before, fused = {}, 0
-    shape3 = "tfdeploy_attention_shape3"
-    for layer, prefix in sorted(blocks.items()):
-        parts = {}
-        for part in ("query", "key", "value"):
-            mm = by_name.get(f"{prefix}{layer}_attention_{part}/MatMul")
-            add = by_name.get(f"{prefix}{layer}_attention_{part}/BiasAdd")
-            if mm is None or add is None:
-                break
-            weight = _const(graph, mm.input[1])
-            bias = _const(graph, add.input[1] if add.input[0] == mm.output[0] else add.input[0])
-            if weight is None or bias is None:
-                break
-            parts[part] = (mm.input[0], weight, bias)
-        out = by_name.get(f"{prefix}{layer}_attention_output/MatMul")
-        if len(parts) != 3 or out is None or len({p[0] for p in parts.values()}) != 1:
-            continue
-        rows = parts["query"][0]
-        qkv_w = np.concatenate([parts[p][1] for p in ("query", "key", "value")], axis=1)
-        qkv_b = np.concatenate([parts[p][2] for p in ("query", "key", "value")])
-        name = f"tfdeploy_{layer}_attention"
-        graph.initializer.extend([
-            numpy_helper.from_array(qkv_w.astype(np.float32), name + "_qkv_w"),
-            numpy_helper.from_array(qkv_b.astype(np.float32), name + "_qkv_b")])
-        new_before[out.name] = [
-            helper.make_node("Reshape", [rows, shape3], [name + "_in"], name=name + "_in"),
-            helper.make_node("Attention", [name + "_in", name + "_qkv_w", name + "_qkv_b",
-                                           "attention_mask"], [name + "_out"], name=name,
-                             domain="com.microsoft", num_heads=num_heads),
-            helper.make_node("Reshape", [name + "_out", "tfdeploy_attention_rows"],
-                             [name + "_rows"], name=name + "_rows")]
-        graph.value_info.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                for n in (name + "_in", name + "_out", name + "_rows"))
-        out.input[0] = name + "_rows"
-        fused += 1
-    if not fused:
-        return 0
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([hidden_size], np.int64), "tfdeploy_hidden"),
-        numpy_helper.from_array(np.array([-1, hidden_size], np.int64),
-                                "tfdeploy_attention_rows")])
-    nodes = [  # [batch, seq, hidden] for the Attention ops' 3-D input
-        helper.make_node("Shape", ["input_ids"], ["tfdeploy_ids_shape"]),
-        helper.make_node("Concat", ["tfdeploy_ids_shape", "tfdeploy_hidden"], [shape3],
-                         axis=0)]
-    for node in graph.node:
-        nodes.extend(new_before.get(node.name, []))
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    _drop_unused(graph)
-    _use_ms_domain(proto)
-    return fused
-
-
-def _drop_unused(graph):
+def drop_unused(graph):
     """Remove nodes and initializers nothing reads any more (the replaced subgraphs)."""
     while True:
         used = {o.name for o in graph.output}
@@ -251,8 +193,8 @@ def _drop_unused(graph):
     graph.initializer.extend(kept_init)
 
 
-def optimize(proto, num_heads=0, hidden_size=0):
-    """ORT transformer optimizer (fusions); returns a ModelProto.
+def optimize(proto, model_type, num_heads=0, hidden_size=0):
+    """ORT transformer optimizer (fusions) for ``model_type``; returns a ModelProto.
 
     opt_level 0: only the Python fusions; the level-1 pre-pass imports torch, and the
     session applies ORT's graph optimizations at load time anyway."""
@@ -262,7 +204,7 @@ def optimize(proto, num_heads=0, hidden_size=0):
         path = os.path.join(tmp, "model.onnx")
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
-        optimized = optimizer.optimize_model(path, model_type="bert", num_heads=num_heads,
+        optimized = optimizer.optimize_model(path, model_type=model_type, num_heads=num_heads,
                                              hidden_size=hidden_size, opt_level=0)
         return optimized.model
 
@@ -281,22 +223,14 @@ def quantize(src_path, dst_path):
     return dst_path
 
 
-def export(model, input_specs, fp32_path, int8_path=None, opset=17, num_heads=0,
-           hidden_size=0):
-    """Write onnx_fp32 (and onnx_int8 if asked); return the paths written."""
+def write_fp32(model, input_specs, path, opset=17, rewrite=None):
+    """Convert, fuse GELU, apply the model plugin's ``rewrite(proto) -> proto``, write."""
     proto = convert(model, input_specs, opset)
     fuse_gelu(proto)
-    if num_heads:  # transformer rewrites: ours, then ORT's optimizer
-        fuse_attention(proto, num_heads, hidden_size)
-        # No residual Add + LayerNorm -> SkipLayerNormalization: ORT 1.32's CPU kernel for
-        # it took 0.46-0.69 ms per [128, 384] call against 0.12 for Add + LayerNormalization,
-        # and the fused BERT ran 1.5x slower in int8 (measured here).
-        proto = optimize(proto, num_heads, hidden_size)
-    atomic_write_bytes(fp32_path, proto.SerializeToString())
-    written = [fp32_path]
-    if int8_path:
-        written.append(quantize(fp32_path, int8_path))
-    return written
+    if rewrite is not None:
+        proto = rewrite(proto)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
 
 
 def session(path, threads=2):

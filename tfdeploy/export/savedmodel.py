@@ -5,7 +5,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfdeploy.export import next_version
+from tfdeploy.export import Format, next_version, register
 from tfdeploy.rundir import atomic_dir
 
 
@@ -27,11 +27,23 @@ class ServingModule(tf.Module):
         self.serve = serve
 
 
+@register
+class SavedModelFormat(Format):
+    name, runtime, is_float, order = "savedmodel", "tf", True, 0
+
+    def write(self, job, path):
+        return job.savedmodel()  # the one the TFLite formats convert from
+
+
 def export(model, input_specs, label_names, root, name, version=0):
-    """Write the SavedModel; return its path. The version directory appears atomically."""
+    """Write the SavedModel in TF Serving layout; return its path."""
     base = os.path.join(root, name)
     version = version or next_version(base)
-    target = os.path.join(base, str(version))
+    return write(model, input_specs, label_names, os.path.join(base, str(version)))
+
+
+def write(model, input_specs, label_names, target):
+    """Write the SavedModel to ``target``, which appears atomically; return it."""
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, "labels.txt")
         with open(labels_path, "w", encoding="utf-8") as f:

@@ -12,9 +12,47 @@ zeros of a pruned int8 model still show in its gzip size.
 import numpy as np
 import tensorflow as tf
 
+from tfdeploy.export import Format, register
 from tfdeploy.rundir import atomic_write_bytes
 
-VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic_int8", "tflite_int8")
+
+class TFLiteFormat(Format):
+    """A converter variant of the SavedModel, run by the LiteRT Interpreter."""
+
+    runtime, suffix = "litert", ".tflite"
+
+    def write(self, job, path):
+        return export(job.savedmodel(), self.name, path, None, job.traits.sparse)
+
+
+@register
+class Fp32(TFLiteFormat):
+    name, is_float, order = "tflite_fp32", True, 10
+
+
+@register
+class Fp16(TFLiteFormat):
+    name, order = "tflite_fp16", 11
+
+
+@register
+class DynamicInt8(TFLiteFormat):
+    name, order = "tflite_dynamic_int8", 12
+
+
+@register
+class Int8(TFLiteFormat):
+    """Full int8: activation ranges from a QAT model's quantizers, else calibrated on
+    training rows (with ``int8_fallback: always``, sensitive ops kept float from the start)."""
+
+    name, order = "tflite_int8", 13
+
+    def write(self, job, path):
+        if job.traits.quantization_aware:
+            return export(job.savedmodel(), self.name, path)
+        always = job.recipe.export.int8_fallback == "always"
+        return export(job.savedmodel(), self.name, path, job.representative(), False,
+                      FALLBACK_FLOAT_OPS if always else ())
 
 
 # Ops kept in float by the full-int8 fallback: LayerNorm (MEAN, SQUARED_DIFFERENCE, RSQRT),

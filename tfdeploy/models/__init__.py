@@ -40,6 +40,10 @@ class ModelPlugin:
         """Inputs shaped like real ones, for latency benchmarks."""
         raise NotImplementedError
 
+    def onnx_rewrite(self, proto):
+        """The converted ONNX graph, rewritten for ONNX Runtime (fusions); default as is."""
+        return proto
+
 
 def create(config, num_labels):
     return MODELS.get(config.type)(config, num_labels)

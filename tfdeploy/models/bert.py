@@ -417,9 +417,12 @@ class Bert(ModelPlugin):
         from tfdeploy.bench import synthetic_inputs
         return synthetic_inputs(batch, seq_length, self.bert_config.vocab_size, seed)
 
-    def attention_shape(self):
-        """(heads, hidden) for ONNX Runtime's attention fusion."""
-        return self.bert_config.num_attention_heads, self.bert_config.hidden_size
+    def onnx_rewrite(self, proto):
+        """Attention blocks into ONNX Runtime's Attention op, then ORT's BERT optimizer."""
+        from tfdeploy.models import bert_onnx
+
+        return bert_onnx.rewrite(proto, self.bert_config.num_attention_heads,
+                                 self.bert_config.hidden_size)
 
     def input_specs(self):
         return {n: tf.TensorSpec([None, None], tf.int32, name=n) for n in INPUT_NAMES}

@@ -18,6 +18,8 @@ class Stage:
     Config = StageConfig
     # Why this stage cannot run under TPUStrategy, or None if it can (plain Keras training).
     tpu_unsupported = None
+    # What this stage does to the model that conversion must know (export.job.Traits).
+    model_traits = {}
 
     def __init__(self, config):
         self.config = config

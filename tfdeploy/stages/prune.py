@@ -72,6 +72,7 @@ def make_schedule(cfg, begin, end, frequency, final=None):
 
 @STAGES.register("prune")
 class Prune(Stage):
+    model_traits = {"sparse": True}
     tpu_unsupported = ("TFMOT's pruning wrapper updates its masks with merge_call, which "
                        "TPUStrategy does not support inside a replica")
 

@@ -223,6 +223,7 @@ def tflite_structure(model, context):
 
 @STAGES.register("qat")
 class QAT(Stage):
+    model_traits = {"quantization_aware": True}
     tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
                        "support documented or tested)")
 

@@ -1,0 +1,108 @@
+"""After the last stage: write each artifact, run it in its own runtime, gate it, benchmark.
+
+Artifacts are handled one at a time (write, then evaluate), so when an exporter or an
+evaluator fails the ones finished before it are on disk and in ``records``; the failure
+becomes one :class:`ArtifactError` naming the artifact and the cause.
+"""
+import os
+
+from tfdeploy import bench, evaluate, export
+from tfdeploy.errors import TfdeployError
+from tfdeploy.export.job import ExportJob
+
+
+class ArtifactError(TfdeployError):
+    """An exporter, evaluator or benchmark failed (a missing package, a converter error)."""
+
+    exit_code = 4
+
+
+def guarded(what, fn, *args):
+    """``fn(*args)``; any exception becomes an ArtifactError naming ``what``."""
+    try:
+        return fn(*args)
+    except TfdeployError:
+        raise
+    except Exception as e:  # noqa: BLE001  (converters raise anything; name it, no traceback)
+        lines = str(e).strip().splitlines()
+        cause = f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        hint = " (a package is missing: `pip install -e .` installs every declared one)" \
+            if isinstance(e, ImportError) else ""
+        raise ArtifactError(f"{what}: {cause}{hint}") from e
+
+
+def deliver(recipe, context, model, traits, stage_name, records):
+    """Export, evaluate and gate every format of ``recipe.export.formats``, appending a
+    record per artifact to ``records``; benchmark them. Returns (artifacts, gate problems)."""
+    if not recipe.export.formats:
+        return [], []
+    reference = context.predict(model)  # every worker takes part in the distributed predict
+    if not context.is_chief:
+        return [], []  # artifacts are the chief's
+    keras_records = [r for r in records if r["artifact"] == "keras"]
+    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    job = ExportJob(recipe, context, model, traits)
+    artifacts, problems = [], []
+    for name in recipe.export.formats:
+        artifact = guarded(f"export {name}", job.write, name)
+        artifacts.append(artifact)
+        rec = evaluate_one(artifact, context, stage_name, reference, traits)
+        records.append(rec)
+        problem = gate(rec, artifact, recipe, baseline)
+        if problem and name == "tflite_int8" and not traits.quantization_aware and \
+                recipe.export.int8_fallback == "on_gate":
+            print(f"  {problem}\n  retrying full int8 with sensitive ops in float", flush=True)
+            retry = guarded("export tflite_int8_fallback", int8_fallback, job)
+            artifacts.append(retry)
+            rec = evaluate_one(retry, context, stage_name, reference, traits)
+            records.append(rec)
+            problem = gate(rec, retry, recipe, baseline)
+        if problem:
+            problems.append(problem)
+    if recipe.benchmark.enabled:
+        guarded("benchmark", benchmark, recipe, context, artifacts, records)
+    return artifacts, problems
+
+
+def evaluate_one(artifact, context, stage_name, reference, traits):
+    rec = guarded(f"evaluate {artifact.name} ({artifact.path})", evaluate.evaluate_artifact,
+                  artifact, context, stage_name, reference, context.recipe.evaluate.threads)
+    if artifact.runtime == "litert" and not (traits.sparse and artifact.name == "tflite_fp32"):
+        # (sparse-encoded fp32 weights are not readable as plain tensors)
+        from tfdeploy.export.tflite import weight_stats
+        rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
+    print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
+          f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
+          f"max diff {rec['max_abs_diff']:.1e})", flush=True)
+    return rec
+
+
+def gate(rec, artifact, recipe, baseline):
+    """A problem message, or None: float parity for float artifacts, then the accuracy gate."""
+    ev = recipe.evaluate
+    problem = evaluate.check_float_parity(rec, ev.float_tolerance) if artifact.is_float \
+        else None
+    return problem or evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
+
+
+def int8_fallback(job):
+    """Convert tflite_int8 again with sensitive ops in float; the new Artifact."""
+    from tfdeploy.export import tflite
+
+    path = os.path.join(job.folder, f"{job.recipe.name}.tflite_int8_fallback.tflite")
+    return export.Artifact("tflite_int8_fallback", tflite.export(
+        job.savedmodel(), "tflite_int8", path, job.representative(), False,
+        tflite.FALLBACK_FLOAT_OPS))
+
+
+def benchmark(recipe, context, artifacts, records):
+    """Time every artifact side by side; add ``latency`` to their records."""
+    b = recipe.benchmark
+    settings = bench.Settings(tuple(b.batch_sizes), b.seq_length, b.threads, b.warmup_runs,
+                              b.warmup_seconds, b.runs, b.seconds, b.block, b.settle)
+    print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
+          f"seq {b.seq_length}, {b.threads} threads", flush=True)
+    latency = bench.benchmark(artifacts, settings, make_inputs=context.plugin.synthetic_inputs)
+    for rec in records[-len(artifacts):]:
+        rec["latency"] = latency[rec["artifact"]]
+        rec["latency_settings"] = {"seq_length": b.seq_length, "threads": b.threads}

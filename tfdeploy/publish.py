@@ -1,0 +1,84 @@
+"""Publish an evaluated SavedModel to TF Serving's layout, ``<root>/<name>/<version>/``.
+
+Only a model that passed every gate gets here. It is copied beside the version folders
+under a temporary name, then renamed into place while holding an exclusive ``fcntl`` lock
+on ``<root>/<name>/.lock``: a TF Serving watching the folder never sees a partial or an
+unevaluated version, and two runs publishing at once get two versions. Temporary copies
+left by killed runs (their pid is gone) are removed under the same lock.
+"""
+import contextlib
+import fcntl
+import os
+import shutil
+
+from tfdeploy.errors import TfdeployError
+
+
+@contextlib.contextmanager
+def locked(folder):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish(saved_model_dir, root, name, version=0):
+    """Copy ``saved_model_dir`` in as a new version; return the version's path."""
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    staging = os.path.join(folder, f".tmp-{os.getpid()}-publish")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(saved_model_dir, staging)
+        readable(staging)
+        with locked(folder):
+            remove_stale(folder)
+            number = version or next_version(folder)
+            target = os.path.join(folder, str(number))
+            if os.path.exists(target):
+                raise TfdeployError(f"export.version {number}: {target} already exists; a "
+                                    f"published version is never replaced (0 = the next one)")
+            os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def next_version(folder):
+    versions = [int(d) for d in os.listdir(folder) if d.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def remove_stale(folder):
+    """Delete ``.tmp-<pid>-*`` entries whose process is gone (a killed export or publish)."""
+    for entry in os.listdir(folder):
+        parts = entry.split("-")
+        if not entry.startswith(".tmp-") or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if not pid_alive(int(parts[1])):
+            path = os.path.join(folder, entry)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else \
+                os.unlink(path)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def readable(path):
+    """0755 folders, 0644 files: TF Serving may run as another user."""
+    os.chmod(path, 0o755)
+    for parent, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(parent, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(parent, f), 0o644)
