@@ -46,6 +46,17 @@ def small_bert_dir(tmp_path_factory):
     return directory
 
 
+def run_stages(context, chain, model):
+    """Run each stage in turn as the pipeline does (traits handed on); the last model and
+    {stage name: report}."""
+    reports = {}
+    for cfg, stage in chain:
+        result = stage.run(model, context)
+        model, context.traits = result.model, result.traits
+        reports[cfg.name] = result.report
+    return model, reports
+
+
 def stage_context(tmp_path, checkpoint, *overrides):
     """(recipe, context, model) for running stages in-process on SST-2 rows."""
     from tfdeploy import pipeline

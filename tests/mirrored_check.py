@@ -57,11 +57,10 @@ def run_chain(checkpoint, out, stages, result):
     with context.strategy.scope():
         model = context.plugin.build()
     result["replicas"] = context.replicas
-    for index, (cfg, stage) in enumerate(chain):
-        context.previous_stages = [c.type for c, _ in chain[:index]]
-        model = stage.run(model, context)
-        entry = {"replica_max_diff": replicas_equal(model),
-                 "report": getattr(stage, "report", None)}
+    for cfg, stage in chain:
+        stage_result = stage.run(model, context)
+        model, context.traits = stage_result.model, stage_result.traits
+        entry = {"replica_max_diff": replicas_equal(model), "report": stage_result.report}
         if cfg.type == "qat":
             path = savedmodel.export(model, context.plugin.input_specs(), ["n", "p"],
                                      os.path.join(out, "sm"), "qat")

@@ -12,7 +12,8 @@ from conftest import stage_context
 def run_stage(tmp_path, ckpt, *overrides):
     recipe, context, stages, model = stage_context(tmp_path, ckpt, *overrides)
     cfg, stage = stages[-1]
-    return stage, stage.run(model, context), context
+    result = stage.run(model, context)
+    return result.report, result.model, context
 
 
 @pytest.mark.parametrize("steps,frequency,schedule,criterion", [
@@ -22,11 +23,10 @@ def run_stage(tmp_path, ckpt, *overrides):
     (13, 5, "polynomial", "taylor, alpha: 0.5")])
 def test_sparsity_reaches_target_for_awkward_steps(tmp_path, small_bert_dir, steps, frequency,
                                                    schedule, criterion):
-    stage, model, _ = run_stage(tmp_path, small_bert_dir,
-                                f"stages=[{{type: prune, steps: {steps}, frequency: {frequency}, "
+    report, model, _ = run_stage(tmp_path, small_bert_dir,
+                                 f"stages=[{{type: prune, steps: {steps}, frequency: {frequency}, "
                                 f"schedule: {schedule}, final_sparsity: 0.6, min_weights: 0, "
                                 f"exclude: [classifier], batch_size: 8, criterion: {criterion}}}]")
-    report = stage.report
     begin, end, freq = (report["schedule"][k] for k in ("begin", "end", "frequency"))
     assert (end - begin) % freq == 0 and end <= steps - 1
     assert set(report["layers"]) == {f"layer_{i}_{n}" for i in range(2) for n in
@@ -50,7 +50,7 @@ def test_gradient_criterion_prunes_other_weights_than_magnitude(tmp_path, small_
             f"learning_rate: 1.0e-4, criterion: {criterion}}}]")
         before = np.abs(main_weight(model.get_layer("layer_0_intermediate")).numpy())
         cfg, stage = stages[-1]
-        pruned = stage.run(model, context)
+        pruned = stage.run(model, context).model
         zeros = main_weight(pruned.get_layer("layer_0_intermediate")).numpy() == 0
         smallest = before <= np.quantile(before, 0.5)  # what |w| at the start would prune
         overlap[criterion] = float(np.mean(zeros[smallest]))
@@ -69,7 +69,8 @@ def test_taylor_scores_come_from_the_distillation_gradients(tmp_path, small_bert
                                   "learning_rate: 1.0e-4, criterion: taylor, alpha: 0.0}]")
     before = dense.get_weights()
     stage = stages[-1][1]
-    model = stage.run(dense, context)
+    result = stage.run(dense, context)
+    model, report = result.model, result.report
     # the teacher (the model entering the stage) is neither pruned nor trained
     assert all(np.array_equal(a, b) for a, b in zip(before, dense.get_weights()))
     assert all(l.trainable for l in model.layers)  # the frozen teacher shares no layer
@@ -77,7 +78,7 @@ def test_taylor_scores_come_from_the_distillation_gradients(tmp_path, small_bert
     assert np.mean(zeros) == pytest.approx(0.5, abs=0.005)
     prefix = np.arange(zeros.size) >= zeros.size - int(zeros.sum())
     assert np.mean(zeros == prefix) < 0.9
-    assert len(stage.report["kl_to_teacher"]) == 2
+    assert len(report["kl_to_teacher"]) == 2
 
 
 def test_global_threshold_matches_a_sort():
@@ -98,12 +99,11 @@ def test_global_threshold_matches_a_sort():
 def test_global_scope_reaches_overall_sparsity(tmp_path, small_bert_dir):
     """scope: global ranks every layer's Taylor scores together: the overall sparsity is
     the target while layers end up with different sparsities."""
-    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+    report, model, _ = run_stage(tmp_path, small_bert_dir,
                                 "stages=[{type: prune, steps: 13, frequency: 5, "
                                 "final_sparsity: 0.7, min_weights: 0, exclude: [classifier], "
                                 "batch_size: 8, learning_rate: 1.0e-4, criterion: taylor, "
                                 "scope: global}]")
-    report = stage.report
     assert report["sparsity"] == pytest.approx(0.7, abs=0.001)
     zeros = total = 0
     for name, value in report["layers"].items():
@@ -115,13 +115,13 @@ def test_global_scope_reaches_overall_sparsity(tmp_path, small_bert_dir):
 
 
 def test_per_pattern_targets_and_m_by_n(tmp_path, small_bert_dir):
-    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+    report, model, _ = run_stage(tmp_path, small_bert_dir,
                                 "stages=[{type: prune, steps: 6, frequency: 2, min_weights: 0, "
                                 "include: ['layer_.*'], final_sparsity: 0.5, "
                                 "targets: {'layer_1_.*': 0.75}, batch_size: 8}]")
-    assert stage.report["layers"]["layer_0_intermediate"] == pytest.approx(0.5, abs=0.005)
-    assert stage.report["layers"]["layer_1_intermediate"] == pytest.approx(0.75, abs=0.005)
-    stage, model, _ = run_stage(tmp_path, small_bert_dir,
+    assert report["layers"]["layer_0_intermediate"] == pytest.approx(0.5, abs=0.005)
+    assert report["layers"]["layer_1_intermediate"] == pytest.approx(0.75, abs=0.005)
+    report, model, _ = run_stage(tmp_path, small_bert_dir,
                                 "stages=[{type: prune, steps: 6, frequency: 2, min_weights: 0, "
                                 "include: ['layer_0_intermediate'], m_by_n: [2, 4], "
                                 "batch_size: 8}]")

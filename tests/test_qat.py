@@ -4,15 +4,13 @@ import numpy as np
 
 from tfdeploy.export import savedmodel, tflite
 
-from conftest import stage_context
+from conftest import run_stages, stage_context
 
 
 def run_chain(tmp_path, ckpt, stages):
     recipe, context, chain, model = stage_context(tmp_path, ckpt, f"stages={stages}")
-    for index, (cfg, stage) in enumerate(chain):
-        context.previous_stages = [c.type for c, _ in chain[:index]]
-        model = stage.run(model, context)
-    return context, chain, model
+    model, reports = run_stages(context, chain, model)
+    return context, [(cfg, reports[cfg.name]) for cfg, _ in chain], model
 
 
 def features(ids):
@@ -36,7 +34,7 @@ def test_qat_bert_to_int8_tflite(tmp_path, small_bert_dir):
     floats = [n for n in wrapped if "layernorm" in n or n.endswith(("attention", "_act"))]
     assert floats and all(wrapped[n] in ("OutputQuantizeConfig", "OutputOnlyConfig")
                           for n in floats)
-    assert chain[0][1].report["scheme"] == "default"
+    assert chain[0][1]["scheme"] == "default"
     path = savedmodel.export(model, context.plugin.input_specs(), ["n", "p"],
                              str(tmp_path / "sm"), "qat")
     out = str(tmp_path / "qat.tflite")
@@ -76,7 +74,7 @@ def test_prune_then_qat_preserves_sparsity(tmp_path, small_bert_dir):
         "[{type: prune, steps: 8, frequency: 2, final_sparsity: 0.5, min_weights: 0, "
         "exclude: [classifier], batch_size: 8}, {type: qat, steps: 6, batch_size: 8, "
         "learning_rate: 1.0e-3}]")
-    report = chain[1][1].report
+    report = chain[1][1]
     assert report["scheme"] == "prune_preserve"
     # zeros counted in the int8 TFLite weights the QAT model converts to
     assert report["int8_zeros"]["after"] >= 0.99 * report["int8_zeros"]["before"] > 0
@@ -88,7 +86,7 @@ def test_qat_self_distillation(tmp_path, small_bert_dir):
     context, chain, model = run_chain(tmp_path, small_bert_dir,
                                       "[{type: qat, steps: 6, batch_size: 8, alpha: 0.0, "
                                       "evals: 2}]")
-    report = chain[0][1].report
+    report = chain[0][1]
     first, last = report["kl_to_teacher"]
     assert np.isfinite(first) and np.isfinite(last) and first >= 0
     assert any(type(l).__name__ == "QuantizeWrapperV2" for l in model.layers)
@@ -114,7 +112,7 @@ def test_prune_cluster_qat_chain_keeps_zeros_and_clusters(tmp_path, small_bert_d
         "exclude: [classifier], batch_size: 8}, {type: cluster, number_of_clusters: 16, "
         "steps: 6, batch_size: 8, min_weights: 0, exclude: [classifier]}, "
         "{type: qat, steps: 6, batch_size: 8, learning_rate: 1.0e-3}]")
-    report = chain[2][1].report
+    report = chain[2][1]
     assert report["scheme"] == "sparsity_cluster_preserve"
     assert report["int8_zeros"]["after"] >= 0.99 * report["int8_zeros"]["before"] > 0
     wrapped = [l for l in model.layers if "attention_query" in l.name]

@@ -9,7 +9,7 @@ from tfdeploy.errors import RecipeError, StageError
 from tfdeploy.export import savedmodel, tflite
 from tfdeploy.recipe import load_recipe
 
-from conftest import ROOT, stage_context
+from conftest import ROOT, stage_context, run_stages
 
 def cnn_chain(tmp_path, stages):
     recipe_path = tmp_path / "cnn.yaml"
@@ -24,10 +24,8 @@ stages: {stages}
     context.run_dir = context.stage_dir = str(tmp_path)
     with context.strategy.scope():
         model = context.plugin.build()
-    for index, (cfg, stage) in enumerate(chain):
-        context.previous_stages = [c.type for c, _ in chain[:index]]
-        model = stage.run(model, context)
-    return context, chain, model
+    model, reports = run_stages(context, chain, model)
+    return context, [(cfg, reports[cfg.name]) for cfg, _ in chain], model
 
 
 def to_tflite(model, context, tmp_path):
@@ -43,7 +41,7 @@ def test_cnn_cluster_then_cqat_keeps_cluster_count_in_tflite(tmp_path):
   - {type: train, steps: 16, batch_size: 64, learning_rate: 2.0e-3}
   - {type: cluster, number_of_clusters: 16, steps: 8, batch_size: 64, min_weights: 1000}
   - {type: qat, steps: 8, batch_size: 64}""")
-    cluster_report, qat_report = chain[1][1].report, chain[2][1].report
+    cluster_report, qat_report = chain[1][1], chain[2][1]
     assert set(cluster_report["unique_weights"]) == {"conv_1", "hidden"}
     assert all(u <= 16 for u in cluster_report["unique_weights"].values())
     assert qat_report["scheme"] == "cluster_preserve"
@@ -62,8 +60,8 @@ def test_cnn_prune_then_pqat_keeps_zeros_in_tflite(tmp_path):
   - {type: prune, steps: 12, frequency: 4, final_sparsity: 0.5, batch_size: 64,
      policy: none, min_weights: 1000}
   - {type: qat, steps: 8, batch_size: 64}""")
-    assert chain[2][1].report["scheme"] == "prune_preserve"
-    zeros = chain[2][1].report["int8_zeros"]
+    assert chain[2][1]["scheme"] == "prune_preserve"
+    zeros = chain[2][1]["int8_zeros"]
     assert zeros["after"] >= 0.99 * zeros["before"] > 0
     weights = dict(tflite.weight_tensors(to_tflite(model, context, tmp_path)))
     assert np.mean(weights[(64, 784)] == 0) >= 0.495
@@ -76,14 +74,14 @@ def test_distillation_reduces_kl_and_keeps_teacher_frozen(tmp_path, small_bert_d
         "{type: distill, student_layers: [1], alpha: 0.0, steps: 24, evals: 3, "
         "learning_rate: 1.0e-3, batch_size: 16}]")
     for index, (cfg, stage) in enumerate(chain):
-        context.previous_stages = [c.type for c, _ in chain[:index]]
         teacher_before = [w.copy() for w in model.get_weights()] if index == 1 else None
         result = stage.run(model, context)
+        context.traits = result.traits
         if index == 1:
             assert all(np.array_equal(a, b) for a, b in zip(teacher_before, model.get_weights()))
-            student = result
-        model = result
-    report = chain[1][1].report
+            student = result.model
+        model = result.model
+    report = result.report
     assert report["kl_last"] < report["kl_first"]
     assert report["student_params"] < report["teacher_params"]
     assert len([l for l in student.layers if l.name.endswith("_intermediate")]) == 1
@@ -94,21 +92,21 @@ def test_hidden_state_distillation(tmp_path, small_bert_dir):
     the hidden-state MSE falls; a fresh student works too."""
     recipe, context, chain, model = stage_context(
         tmp_path, small_bert_dir,
-        "stages=[{type: distill, student_layers: [0], alpha: 0.0, hidden_weight: 1.0, "
+        "stages=[{type: train, steps: 1}, "  # a teacher 'previous' needs a stage before
+        "{type: distill, student_layers: [0], alpha: 0.0, hidden_weight: 1.0, "
         "steps: 24, evals: 3, learning_rate: 1.0e-3, batch_size: 16}]")
-    context.previous_stages = ["train"]
-    stage = chain[0][1]
-    stage.run(model, context)
-    assert [list(p) for p in stage.report["hidden_pairs"]] == [[0, 0], [1, 2]]
-    first, last = stage.report["hidden_mse"]
+    stage = chain[1][1]
+    report = stage.run(model, context).report
+    assert [list(p) for p in report["hidden_pairs"]] == [[0, 0], [1, 2]]
+    first, last = report["hidden_mse"]
     assert last < first
     recipe, context, chain, model = stage_context(
         tmp_path / "fresh", small_bert_dir,
-        "stages=[{type: distill, student: {layers: [0]}, hidden_weight: 1.0, steps: 4, "
+        "stages=[{type: train, steps: 1}, "
+        "{type: distill, student: {layers: [0]}, hidden_weight: 1.0, steps: 4, "
         "batch_size: 8}]")
-    context.previous_stages = ["train"]
-    chain[0][1].run(model, context)
-    assert np.isfinite(chain[0][1].report["hidden_mse"][-1])
+    report = chain[1][1].run(model, context).report
+    assert np.isfinite(report["hidden_mse"][-1])
 
 
 def test_distillation_on_masked_copies(tmp_path, small_bert_dir):
@@ -118,7 +116,8 @@ def test_distillation_on_masked_copies(tmp_path, small_bert_dir):
 
     recipe, context, chain, model = stage_context(
         tmp_path, small_bert_dir,
-        "stages=[{type: distill, student_layers: [1], alpha: 0.0, augment: 0.5, steps: 24, "
+        "stages=[{type: train, steps: 1}, "
+        "{type: distill, student_layers: [1], alpha: 0.0, augment: 0.5, steps: 24, "
         "evals: 3, learning_rate: 1.0e-3, batch_size: 16}]")
     plugin = context.plugin
     tok = plugin.tokenizer
@@ -129,18 +128,14 @@ def test_distillation_on_masked_copies(tmp_path, small_bert_dir):
     special = (ids == tok.cls_id) | (ids == tok.sep_id) | (batch["attention_mask"].numpy() == 0)
     assert np.array_equal(new[special], ids[special])
     assert (new[~special] == tok.mask_id).mean() > 0.8
-    context.previous_stages = ["train"]
-    stage = chain[0][1]
-    stage.run(model, context)
-    assert stage.report["kl_last"] < stage.report["kl_first"]
+    stage = chain[1][1]
+    report = stage.run(model, context).report
+    assert report["kl_last"] < report["kl_first"]
 
 
 def test_distill_errors(tmp_path, small_bert_dir):
-    recipe, context, chain, model = stage_context(
-        tmp_path, small_bert_dir, "stages=[{type: distill, student_layers: [0]}]")
-    context.previous_stages = []
-    with pytest.raises(StageError, match="needs an earlier stage"):
-        chain[0][1].run(model, context)
+    with pytest.raises(StageError, match="needs an earlier stage"):  # before any work
+        stage_context(tmp_path, small_bert_dir, "stages=[{type: distill, student_layers: [0]}]")
     tiny = os.path.join(ROOT, "recipes", "tiny.yaml")
     with pytest.raises(RecipeError, match="either student_layers or student"):
         load_recipe(tiny, ["stages=[{type: distill, student_layers: [0], "

@@ -20,7 +20,11 @@ def save(model, directory):
 
 
 def load(directory, strategy, custom_objects=None, scopes=()):
+    """The stage's model; ``custom_objects`` from the model plugin, ``scopes`` from the
+    stages whose wrappers it may hold (QAT)."""
     with strategy.scope(), contextlib.ExitStack() as stack:
+        # wrappers deserialize their inner layers by name, outside load_model's own scope
+        stack.enter_context(keras.utils.custom_object_scope(custom_objects or {}))
         for scope in scopes:
             stack.enter_context(scope())
         return keras.models.load_model(os.path.join(directory, MODEL_FILE),

@@ -1,9 +1,10 @@
 """What a stage gets besides its model: strategy, data at the global batch, directories."""
 import dataclasses
-import math
 import os
 
 import numpy as np
+
+from tfdeploy.traits import Traits
 
 
 @dataclasses.dataclass
@@ -20,7 +21,7 @@ class Context:
     backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see pipeline)
     is_chief: bool = True
     stage_started: float = 0.0
-    previous_stages: list = dataclasses.field(default_factory=list)  # types run before
+    traits: Traits = Traits()  # what earlier stages did to the model entering this one
     stage_outputs: dict = dataclasses.field(default_factory=dict)  # teachers by stage name
 
     @property
@@ -58,7 +59,3 @@ class Context:
         out = np.empty_like(logits)
         out[order] = logits
         return out
-
-
-def epochs_to_steps(epochs, examples, global_batch):
-    return max(1, math.ceil(epochs * examples / global_batch))

@@ -19,7 +19,7 @@ from tfdeploy import checkpoint, evaluate, models, publish, report, stages, stra
 # must not hand it a newer module half way.
 from tfdeploy import bench, deliver, export  # noqa: F401
 from tfdeploy.export import onnx as _onnx, savedmodel as _savedmodel, tflite as _tflite  # noqa
-from tfdeploy.export.job import Traits
+from tfdeploy.traits import Traits
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
@@ -80,11 +80,12 @@ def preflight(context, stage_list):
           f"{len(model.layers)} layers")
     print(f"strategy: {context.strategy_info['strategy']} "
           f"({context.strategy_info['replicas']} replica(s))")
-    for index, (cfg, stage) in enumerate(stage_list):
-        context.previous_stages = [c.type for c, _ in stage_list[:index]]
+    context.traits = Traits()
+    for cfg, stage in stage_list:
         print(f"stage {cfg.name} ({cfg.type}):")
         for layer, action in stage.preflight(model, context):
             print(f"  {layer:40s} {action}")
+        context.traits = stage.planned_traits(context.traits)
     return model
 
 
@@ -146,8 +147,7 @@ def _run(recipe, opts, context, stage_list):
                       yaml.safe_dump(to_dict(recipe), sort_keys=False))
     atomic_write_json(os.path.join(run_dir, "env.json"), environment(context.strategy_info))
     records, started = [], time.time()
-    model = run_stages(recipe, opts, context, stage_list, records)
-    traits = Traits(**{k: v for _, stage in stage_list for k, v in stage.model_traits.items()})
+    model, traits = run_stages(recipe, opts, context, stage_list, records)
     stage_name = stage_list[-1][0].name if stage_list else "input"
     failure, problems, published = None, [], None
     try:
@@ -172,38 +172,41 @@ def _run(recipe, opts, context, stage_list):
 
 
 def run_stages(recipe, opts, context, stage_list, records):
-    """Run (or load from the cache) each stage in turn; the last stage's model."""
+    """Run (or load from the cache) each stage in turn; the last model and its traits."""
     digest = fingerprint(to_dict(recipe.model), to_dict(recipe.data), recipe.seed)
     with context.strategy.scope():
         model = context.plugin.build()
     # Stage models later stages name as their teacher; only those stay in memory.
-    teachers = {getattr(cfg, "teacher", None) for cfg, _ in stage_list}
+    teachers = {stage.teacher_spec() for _, stage in stage_list}
     reached_start = not opts.start_from
-    scopes = []
+    scopes, context.traits = [], Traits()
     for index, (cfg, stage) in enumerate(stage_list):
         digest = fingerprint(digest, to_dict(cfg))
         reached_start = reached_start or cfg.name == opts.start_from
         context.stage_dir = os.path.join(context.run_dir, f"{index}-{cfg.name}")
         context.backup_dir = backup_dir(recipe, opts, context, digest)
         scopes.extend(stage.load_scopes())
-        context.previous_stages = [c.type for c, _ in stage_list[:index]]
         cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
-            model = checkpoint.load(cached, context.strategy, scopes=scopes)
+            model = checkpoint.load(cached, context.strategy, context.plugin.custom_objects(),
+                                    scopes=scopes)
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
+            with open(os.path.join(cached, STAGE_DONE)) as f:
+                context.traits = Traits.from_dict(json.load(f).get("traits"))
             if context.is_chief and cached != context.stage_dir:
                 atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
         else:
-            model = run_stage(stage, cfg, model, context, digest)
-            records.append(finish_stage(stage, cfg, model, context, digest))
+            result = run_stage(stage, cfg, model, context, digest)
+            model, context.traits = result.model, result.traits
+            records.append(finish_stage(result, cfg, context, digest))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
     if not stage_list:
         rec, _ = evaluate.evaluate_keras(model, context, "input")
         records.append(rec)
-    return model
+    return model, context.traits
 
 
 def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
@@ -219,17 +222,19 @@ def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
     return cached
 
 
-def finish_stage(stage, cfg, model, context, digest):
+def finish_stage(result, cfg, context, digest):
     """Evaluate a stage's new model; the chief records it and marks the stage done."""
-    rec, _ = evaluate.evaluate_keras(model, context, cfg.name)
-    if getattr(stage, "report", None):
-        rec["stage_report"] = stage.report
+    rec, _ = evaluate.evaluate_keras(result.model, context, cfg.name)
+    if result.report:
+        rec["stage_report"] = result.report
+    rec["traits"] = result.traits.to_dict()
     print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
           flush=True)
     if context.is_chief:
         atomic_write_json(context.path("eval.json"), rec)
         atomic_write_json(context.path(STAGE_DONE), {
             "hash": digest, "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
+            "traits": result.traits.to_dict(),
             "seconds": round(time.time() - context.stage_started, 1)})
     return rec
 
@@ -286,18 +291,18 @@ def run_stage(stage, cfg, model, context, digest):
     print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
     context.stage_started = time.time()
     try:
-        model = stage.run(model, context)
+        result = stage.run(model, context)
     except (ValueError, TypeError) as e:
         # TFMOT/Keras reject unsupported layers with ValueError; name the stage.
         if isinstance(e, TfdeployError):
             raise
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
     if context.is_chief:
-        checkpoint.save(model, stage_dir)
+        checkpoint.save(result.model, stage_dir)
     shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
     if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
         remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)
-    return model
+    return result
 
 
 def remove_empty_dirs(path, levels):

@@ -164,6 +164,6 @@ class DenseSplit:
 
 def encode_split(plugin, split, data_cfg):
     """The split in the form the model reads: token sequences (bucketed) or dense arrays."""
-    if getattr(plugin, "sequence_input", False):
+    if plugin.sequence_input:
         return EncodedSplit(plugin, split, data_cfg.max_length, data_cfg.buckets)
     return DenseSplit(plugin, split)

@@ -4,18 +4,10 @@ Artifacts land in ``<run dir>/artifacts/`` (the SavedModel in ``artifacts/savedm
 publishing the SavedModel to TF Serving's ``<export.dir>/<name>/<version>/`` happens only
 after every artifact has passed its gates (``tfdeploy.publish``).
 """
-import dataclasses
 import os
 
 from tfdeploy import export
-
-
-@dataclasses.dataclass(frozen=True)
-class Traits:
-    """What the stages did to the model, as far as conversion cares."""
-
-    sparse: bool = False              # pruned: store fp32 TFLite weights sparse
-    quantization_aware: bool = False  # QAT: int8 ranges come from the model's quantizers
+from tfdeploy.traits import Traits
 
 
 class ExportJob:

@@ -3,6 +3,7 @@
 To add a model type, add a module here with a class decorated ``@MODELS.register("name")``
 that subclasses :class:`ModelPlugin` and has a ``Config`` dataclass.
 """
+from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import ModelConfig, Registry, import_submodules
 
 MODELS = Registry("model")
@@ -10,16 +11,27 @@ ModelConfig.registry = MODELS
 
 
 class ModelPlugin:
-    """Contract between a model type and the pipeline.
+    """Contract between a model type and the pipeline; generic code (stages, export, bench)
+    asks the plugin, never probes the model.
 
-    ``build()`` is called inside ``strategy.scope()`` and returns a fresh tf_keras model with
-    its starting weights. ``encode`` turns raw examples into ``{"input_ids": [ragged ids]}``
-    once per dataset (unpadded, so batches can be bucketed by length); ``features`` maps a
-    padded id batch to the model's named inputs with TF ops (it runs inside tf.data and in
-    the serving signature). ``input_specs()`` names the serving signature's inputs.
+    Required: ``build()`` (called inside ``strategy.scope()``: a fresh tf_keras model with
+    its starting weights), ``encode`` (raw examples -> model inputs, once per dataset; for a
+    ``sequence_input`` model ragged ``{"input_ids": ...}``, so batches can be bucketed by
+    length), ``features`` (a padded batch -> the model's named inputs, with TF ops: it runs
+    inside tf.data and in the serving signature), ``input_specs()`` (the serving signature's
+    inputs) and ``synthetic_inputs`` (inputs shaped like real ones for benchmarks).
+
+    Optional, with defaults: ``custom_objects()`` (what loading a saved model of this type
+    needs), ``current_graph`` (bring an older saved graph up to date), ``onnx_rewrite``
+    (ONNX Runtime fusions). Capabilities some stages need are named in ``capabilities``;
+    a plugin without one refuses it with a clear message: ``student_layers`` (a student
+    from chosen teacher layers), ``hidden_states`` (for hidden-state distillation),
+    ``augment`` (a perturbed copy of a batch).
     """
 
     Config = ModelConfig
+    sequence_input = False       # batches bucketed by length (token ids)
+    capabilities = frozenset()
 
     def __init__(self, config, num_labels):
         self.config, self.num_labels = config, num_labels
@@ -40,9 +52,32 @@ class ModelPlugin:
         """Inputs shaped like real ones, for latency benchmarks."""
         raise NotImplementedError
 
+    def custom_objects(self):
+        """Layer classes by name, for loading a saved model of this type."""
+        return {}
+
+    def current_graph(self, model):
+        """``model`` in today's graph (a plugin whose graph changed rebuilds old saves)."""
+        return model
+
     def onnx_rewrite(self, proto):
         """The converted ONNX graph, rewritten for ONNX Runtime (fusions); default as is."""
         return proto
+
+    def require(self, capability, what):
+        """Refuse ``what`` clearly when this model type lacks ``capability``."""
+        if capability not in self.capabilities:
+            raise StageError(f"{what} needs a model with {capability.replace('_', ' ')}; "
+                             f"model type {self.config.type} has none")
+
+    def student_from(self, teacher, layers):
+        self.require("student_layers", "student_layers")
+
+    def hidden_states(self, model):
+        self.require("hidden_states", "hidden_weight")
+
+    def augment(self, inputs, rate):
+        self.require("augment", "augment")
 
 
 def create(config, num_labels):

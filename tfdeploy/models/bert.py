@@ -23,7 +23,7 @@ from tfdeploy.models import MODELS, ModelPlugin
 from tfdeploy.models import checkpoints
 from tfdeploy.models.bert_layers import (AttentionMaskBias, ClsPooling, MaskedMeanPooling,
                                          PositionEmbedding, RowsToTokens, SelfAttention,
-                                         TokensToRows)
+                                         TokensToRows, custom_objects)
 from tfdeploy.recipe.fields import ModelConfig, field
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -299,6 +299,7 @@ class Bert(ModelPlugin):
     """BERT sequence classifier: pretrained encoder + pooling + dropout + dense head."""
 
     sequence_input = True  # token ids: batches are bucketed by length
+    capabilities = frozenset({"student_layers", "hidden_states", "augment"})
 
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
@@ -389,8 +390,10 @@ class Bert(ModelPlugin):
                 layer.set_weights(teacher.get_layer(source).get_weights())
         return student
 
-    @staticmethod
-    def hidden_states(model):
+    def custom_objects(self):
+        return custom_objects()
+
+    def hidden_states(self, model):
         """Embedding output, then each encoder layer's output, as token rows: what a
         hidden-state distillation loss compares."""
         count = sum(1 for l in model.layers if l.name.endswith("_output_layernorm"))

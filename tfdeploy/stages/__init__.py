@@ -1,9 +1,11 @@
 """Stage plugins: each optimization step of a recipe is one module here.
 
 A stage is a class decorated ``@STAGES.register("type")`` with a ``Config`` dataclass (a
-:class:`~tfdeploy.recipe.fields.StageConfig`) and ``run(model, context) -> model``. The
-pipeline hands it a model built inside ``context.strategy.scope()``; the stage compiles and
-trains inside that scope too, and uses ``context`` for data at the global batch size.
+:class:`~tfdeploy.recipe.fields.StageConfig`) and ``run(model, context) -> StageResult``
+(its model, what it did to it as :class:`~tfdeploy.traits.Traits`, and its report). The
+pipeline hands it a model built inside ``context.strategy.scope()`` and the traits of that
+model in ``context.traits``; the stage compiles and trains inside that scope too, and uses
+``context`` for data at the global batch size.
 """
 import tf_keras as keras
 
@@ -18,19 +20,30 @@ class Stage:
     Config = StageConfig
     # Why this stage cannot run under TPUStrategy, or None if it can (plain Keras training).
     tpu_unsupported = None
-    # What this stage does to the model that conversion must know (export.job.Traits).
-    model_traits = {}
 
     def __init__(self, config):
         self.config = config
 
     def run(self, model, context):
-        """Return the optimized model (stripped of training-only wrappers)."""
+        """A StageResult: the optimized model (stripped of training-only wrappers), its
+        traits (from ``context.traits``, the entering model's) and a report."""
         raise NotImplementedError
 
     def preflight(self, model, context):
         """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
         return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]
+
+    # A first stage whose teacher is 'previous' would learn from the untrained model.
+    previous_teacher_needs_earlier_stage = False
+
+    def planned_traits(self, entering):
+        """The traits of this stage's output, as far as they are known before it runs
+        (``--dry_run`` shows later stages' choices from them)."""
+        return entering
+
+    def teacher_spec(self):
+        """The teacher this stage learns from ('previous', a stage name, a path) or None."""
+        return None
 
     @classmethod
     def load_scopes(cls):

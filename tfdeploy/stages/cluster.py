@@ -16,6 +16,7 @@ from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
 from tfdeploy.stages import STAGES, Stage, own_copy
 from tfdeploy.training import FitConfig, fit
+from tfdeploy.traits import StageResult
 
 INITS = {"kmeans_plus_plus": "KMEANS_PLUS_PLUS", "linear": "LINEAR",
          "density_based": "DENSITY_BASED", "random": "RANDOM"}
@@ -46,8 +47,7 @@ class Cluster(Stage):
     def run(self, model, context):
         cfg = self.config
         names = chosen(model, cfg, "cluster")
-        preserve = cfg.preserve_sparsity == "yes" or (
-            cfg.preserve_sparsity == "auto" and "prune" in context.previous_stages)
+        preserve = self.preserves(context.traits)
         before = sparsity_report(model, names)
         params = {"number_of_clusters": cfg.number_of_clusters,
                   "cluster_centroids_init": getattr(tfmot.clustering.keras.CentroidInitialization,
@@ -70,8 +70,8 @@ class Cluster(Stage):
         unique = {n: int(np.unique(main_weight(model.get_layer(n)).numpy()).size)
                   for n in names}
         after = sparsity_report(model, names)
-        self.report = {"clusters": cfg.number_of_clusters, "unique_weights": unique,
-                       "preserve_sparsity": preserve, "sparsity": after["sparsity"]}
+        report = {"clusters": cfg.number_of_clusters, "unique_weights": unique,
+                  "preserve_sparsity": preserve, "sparsity": after["sparsity"]}
         too_many = {n: u for n, u in unique.items() if u > cfg.number_of_clusters}
         if too_many:
             raise StageError(f"cluster: layers kept more than {cfg.number_of_clusters} "
@@ -79,4 +79,14 @@ class Cluster(Stage):
         if preserve and after["sparsity"] + 0.005 < before["sparsity"]:
             raise StageError(f"cluster: sparsity fell from {before['sparsity']:.4f} to "
                              f"{after['sparsity']:.4f} despite preserve_sparsity")
-        return model
+        return StageResult(model, self.planned_traits(context.traits), report)
+
+    def planned_traits(self, entering):
+        kept = entering if self.preserves(entering) else entering.trained_dense()
+        return dataclasses.replace(kept, clusters=self.config.number_of_clusters)
+
+    def preserves(self, entering):
+        """Keep the zeros of a pruned model as their own cluster?"""
+        cfg = self.config
+        return cfg.preserve_sparsity == "yes" or (cfg.preserve_sparsity == "auto"
+                                                  and entering.sparse)

@@ -20,6 +20,7 @@ from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsi
 from tfdeploy.stages import STAGES, Stage, own_copy, prune_scores
 from tfdeploy.stages.prune_scores import CRITERIA
 from tfdeploy.training import FitConfig, fit, step_plan
+from tfdeploy.traits import StageResult
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -72,7 +73,6 @@ def make_schedule(cfg, begin, end, frequency, final=None):
 
 @STAGES.register("prune")
 class Prune(Stage):
-    model_traits = {"sparse": True}
     tpu_unsupported = ("TFMOT's pruning wrapper updates its masks with merge_call, which "
                        "TPUStrategy does not support inside a replica")
 
@@ -176,13 +176,30 @@ class Prune(Stage):
         print(f"  pruning {len(names)} layers ({cfg.criterion}): steps {begin}..{end} every "
               f"{frequency} (stage: {total} steps)", flush=True)
         model, extra = self._prune(model, context, names, (begin, end, frequency))
-        self.report = sparsity_report(model, names)
-        self.report["schedule"] = {"begin": begin, "end": end, "frequency": frequency}
-        self.report["criterion"] = cfg.criterion
-        self.report.update(extra)
-        self.verify(names)
-        print(f"  measured sparsity {self.report['sparsity']:.4f}", flush=True)
-        return model
+        report = sparsity_report(model, names)
+        report["schedule"] = {"begin": begin, "end": end, "frequency": frequency}
+        report["criterion"] = cfg.criterion
+        report.update(extra)
+        self.verify(names, report)
+        print(f"  measured sparsity {report['sparsity']:.4f}", flush=True)
+        traits = dataclasses.replace(self.planned_traits(context.traits),
+                                     sparsity=report["sparsity"])
+        return StageResult(model, traits, report)
+
+    def planned_traits(self, entering):
+        cfg = self.config
+        planned = 1 - cfg.m_by_n[0] / cfg.m_by_n[1] if cfg.m_by_n else cfg.final_sparsity
+        return dataclasses.replace(entering, sparsity=planned, sparsity_pattern=self.pattern())
+
+    def pattern(self):
+        cfg = self.config
+        if cfg.m_by_n:
+            return f"{cfg.m_by_n[0]}:{cfg.m_by_n[1]}"
+        if cfg.policy == "xnnpack":
+            return "xnnpack"
+        if cfg.block_size != [1, 1]:
+            return f"block {cfg.block_size[0]}x{cfg.block_size[1]}"
+        return "unstructured"
 
     def _prune(self, model, context, names, steps):
         cfg = self.config
@@ -218,7 +235,7 @@ class Prune(Stage):
         # Never restore "best" weights from before the final sparsity was reached.
         fit_cfg, extra = dataclasses.replace(cfg, keep_best=False), {}
         if cfg.alpha < 1:  # the dense model teaches its pruned copy
-            from tfdeploy.stages.distill import fit_distilled, kl_first_last
+            from tfdeploy.distillation import fit_distilled, kl_first_last
 
             history = fit_distilled(pruned, model, context, fit_cfg, callbacks,
                                     gradient_hook=hook)
@@ -228,19 +245,19 @@ class Prune(Stage):
         with context.strategy.scope():
             return tfmot.sparsity.keras.strip_pruning(pruned), extra
 
-    def verify(self, names):
+    def verify(self, names, report):
         """Fail loudly if the schedule did not reach its targets (e.g. a skipped update)."""
         cfg = self.config
         if cfg.scope == "global":
-            got = self.report["sparsity"]
+            got = report["sparsity"]
             if got + 0.005 < cfg.final_sparsity:
                 raise StageError(f"prune: overall sparsity {got:.4f}, target "
                                  f"{cfg.final_sparsity:.4f} (schedule "
-                                 f"{self.report['schedule']})")
+                                 f"{report['schedule']})")
             return
         for name in names:
-            got = self.report["layers"][name]
+            got = report["layers"][name]
             want = 1 - cfg.m_by_n[0] / cfg.m_by_n[1] if cfg.m_by_n else self.target(name)
             if got + 0.005 < want:
                 raise StageError(f"prune: layer {name} reached sparsity {got:.4f}, target "
-                                 f"{want:.4f} (schedule {self.report['schedule']})")
+                                 f"{want:.4f} (schedule {report['schedule']})")

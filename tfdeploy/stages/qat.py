@@ -30,6 +30,7 @@ from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit
+from tfdeploy.traits import StageResult
 
 SCHEMES = ("auto", "default", "prune_preserve", "cluster_preserve",
            "sparsity_cluster_preserve")
@@ -95,10 +96,10 @@ class _Scheme(tfmot.quantization.keras.QuantizeScheme):
         return _Registry(self.inner.get_quantize_registry(), self.float_outputs)
 
 
-def scheme_for(name, previous, float_outputs=()):
-    """The TFMOT scheme; ``auto`` picks it from the stage types that ran before."""
+def scheme_for(name, traits, float_outputs=()):
+    """The TFMOT scheme; ``auto`` picks it from what earlier stages did to the model."""
     if name == "auto":
-        pruned, clustered = "prune" in previous, "cluster" in previous
+        pruned, clustered = traits.sparse, traits.clustered
         name = ("sparsity_cluster_preserve" if pruned and clustered else
                 "cluster_preserve" if clustered else "prune_preserve" if pruned else "default")
     combine = tfmot.experimental.combine
@@ -223,7 +224,6 @@ def tflite_structure(model, context):
 
 @STAGES.register("qat")
 class QAT(Stage):
-    model_traits = {"quantization_aware": True}
     tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
                        "support documented or tested)")
 
@@ -252,7 +252,7 @@ class QAT(Stage):
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
 
     def preflight(self, model, context):
-        name, _ = scheme_for(self.config.scheme, getattr(context, "previous_stages", []))
+        name, _ = scheme_for(self.config.scheme, context.traits)
         float_out = float_outputs(model)
 
         def what(layer):
@@ -265,25 +265,24 @@ class QAT(Stage):
                 for l, ok, reason in plan(model, self.config)] + [
             ("(LayerNorm, softmax, GELU)", "stay float: no int8 config keeps their accuracy")]
 
+    def teacher_spec(self):
+        return self.config.teacher if self.config.alpha < 1 else None
+
     @classmethod
     def load_scopes(cls):
-        from tfdeploy.models.bert_layers import custom_objects
-
         def scope():
             return tfmot.quantization.keras.quantize_scope(
                 {"OutputQuantizeConfig": OutputQuantizeConfig,
-                 "WeightOnlyQuantizeConfig": WeightOnlyQuantizeConfig, **custom_objects()})
+                 "WeightOnlyQuantizeConfig": WeightOnlyQuantizeConfig})
         return [scope]
 
     def run(self, model, context):
         cfg = self.config
-        if hasattr(context.plugin, "current_graph"):
-            with context.strategy.scope():
-                model = context.plugin.current_graph(model)
+        with context.strategy.scope():
+            model = context.plugin.current_graph(model)
         names = chosen(model, cfg, "qat")
         inputs = feeders(model, names)
-        scheme_name, scheme = scheme_for(cfg.scheme, context.previous_stages,
-                                         float_outputs(model))
+        scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model))
         before = keras_structure(model, names)
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
 
@@ -298,22 +297,27 @@ class QAT(Stage):
                     layer, quantize_config=OutputQuantizeConfig())
             return layer
 
-        with context.strategy.scope(), self.load_scopes()[0]():
+        with context.strategy.scope(), self.load_scopes()[0](), \
+                keras.utils.custom_object_scope(context.plugin.custom_objects()):
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-        self.report = {"scheme": scheme_name, "layers": len(names)}
+        report = {"scheme": scheme_name, "layers": len(names)}
         if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
-            from tfdeploy.stages.distill import fit_distilled, kl_first_last
+            from tfdeploy.distillation import fit_distilled, kl_first_last
             from tfdeploy.stages.teacher import load_teacher
 
             teacher = load_teacher(cfg.teacher, model, context, "qat")
             history = fit_distilled(quantized, teacher, context, cfg)
-            self.report["kl_to_teacher"] = kl_first_last(history)
+            report["kl_to_teacher"] = kl_first_last(history)
         else:
             fit(quantized, context, cfg)
         if scheme_name != "default":
-            self.verify(scheme_name, before, tflite_structure(quantized, context))
-        return quantized
+            report.update(self.verify(scheme_name, before, tflite_structure(quantized, context)))
+        return StageResult(quantized, self.planned_traits(context.traits), report)
+
+    def planned_traits(self, entering):
+        name, _ = scheme_for(self.config.scheme, entering)
+        return dataclasses.replace(entering, quantization_aware=name)
 
     def verify(self, scheme, before, after):
         """The preserved structure must survive into the int8 weights; fail if not."""
@@ -331,6 +335,7 @@ class QAT(Stage):
         if lost:
             raise StageError(f"qat ({scheme}) did not preserve the structure in the int8 "
                              f"weights: " + "; ".join(lost))
-        self.report["int8_zeros"] = {"before": zeros_before, "after": zeros_after}
+        report = {"int8_zeros": {"before": zeros_before, "after": zeros_after}}
         if "cluster" in scheme:
-            self.report["int8_max_values_per_channel"] = max(u for _, u in after.values())
+            report["int8_max_values_per_channel"] = max(u for _, u in after.values())
+        return report

@@ -23,14 +23,20 @@ def load_teacher(spec, model, context, stage):
         raise StageError(f"{stage}: teacher {spec!r} is neither an earlier stage ({known}) "
                          f"nor a saved model ({checkpoint.MODEL_FILE} missing)")
     # any stage may have saved it: a QAT model needs its wrappers' scope to load
-    return checkpoint.load(path, context.strategy, scopes=all_load_scopes())
+    return checkpoint.load(path, context.strategy, context.plugin.custom_objects(),
+                           scopes=all_load_scopes())
 
 
 def check_teachers(stage_list):
     """Refuse, before any work, a teacher that names no earlier stage and no saved model."""
-    for index, (cfg, _) in enumerate(stage_list):
-        spec = getattr(cfg, "teacher", "previous")
+    for index, (cfg, stage) in enumerate(stage_list):
+        spec = stage.teacher_spec()
         earlier = [c.name for c, _ in stage_list[:index]]
-        if spec != "previous" and spec not in earlier and not os.path.exists(spec):
+        if spec == "previous" and not earlier and stage.previous_teacher_needs_earlier_stage:
+            raise StageError(f"stage {cfg.name}: teacher 'previous' needs an earlier stage "
+                             f"that trains the teacher (e.g. train); or name a saved model")
+        if spec in (None, "previous"):
+            continue
+        if spec not in earlier and not os.path.exists(spec):
             raise StageError(f"stage {cfg.name}: teacher {spec!r} is neither an earlier stage "
                              f"({', '.join(earlier) or 'none'}) nor a saved model path")

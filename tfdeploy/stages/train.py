@@ -4,6 +4,7 @@ import dataclasses
 from tfdeploy.recipe.fields import StageConfig
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.training import FitConfig, fit
+from tfdeploy.traits import StageResult
 
 
 @STAGES.register("train")
@@ -14,4 +15,7 @@ class Train(Stage):
 
     def run(self, model, context):
         fit(model, context, self.config)
-        return model
+        return StageResult(model, self.planned_traits(context.traits))
+
+    def planned_traits(self, entering):
+        return entering.trained_dense()
