@@ -88,7 +88,9 @@ BAD = [
     ("export: {version: -1}", "export.version", "is not in [0, inf)"),
     ("evaluate: {batch_size: 0}", "evaluate.batch_size", "is not in [1, inf)"),
     ("evaluate: {max_drop: -0.1}", "evaluate.max_drop", "is not in [0, inf)"),
-    ("evaluate: {split: test}", "evaluate.split", "one of"),
+    ("evaluate: {split: test}", "evaluate.split", "unknown key"),  # removed: it chose nothing
+    ("export: {int8_fallback: sometimes}", "export.int8_fallback", "one of"),
+    ("data: {selection_split: 0.7}", "data.selection_split", "is not in [0, 0.5)"),
     ("output: {tensorboard: 'yes'}", "output.tensorboard", "true or false"),
     ("seed: 1.5", "seed", "expected an integer"),
     ("stagse: []", "stagse", "did you mean 'stages'"),

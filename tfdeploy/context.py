@@ -15,7 +15,8 @@ class Context:
     plugin: object          # the model plugin (encoding, serving inputs, rebuild)
     task: object            # raw Task (label names, sizes)
     train: object           # EncodedSplit
-    validation: object      # EncodedSplit
+    validation: object      # EncodedSplit: reported on, never chooses anything
+    selection: object       # EncodedSplit carved from train, or None: keep_best etc.
     run_dir: str
     stage_dir: str = ""
     backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see pipeline)
@@ -41,8 +42,11 @@ class Context:
     def train_dataset(self, per_replica, shuffle=True):
         return self.train.train_dataset(self.global_batch(per_replica), self.seed, shuffle)
 
-    def validation_dataset(self):
-        return self.validation.eval_dataset(self.recipe.evaluate.batch_size, True)[0]
+    def selection_dataset(self):
+        """(inputs, labels) batches of the selection split, or None without one."""
+        if self.selection is None:
+            return None
+        return self.selection.eval_dataset(self.recipe.evaluate.batch_size, True)[0]
 
     def backup_path(self):
         return self.backup_dir or self.path("backup")

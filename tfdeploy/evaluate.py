@@ -27,10 +27,17 @@ def record(stage, artifact, runtime, logits, labels, seconds, reference=None, **
 
 
 def evaluate_keras(model, context, stage):
+    """The reported record (validation split), with the selection split's accuracy beside
+    it: the number checkpoints were chosen by."""
     start = time.perf_counter()
     logits = context.predict(model)
     rec = record(stage, "keras", "tf-keras", logits, context.validation.labels,
                  time.perf_counter() - start, params=int(model.count_params()))
+    if context.selection is not None:
+        chosen_on = context.predict(model, context.selection)
+        rec["selection"] = {"examples": len(context.selection),
+                            "metrics": {"accuracy": accuracy(chosen_on,
+                                                             context.selection.labels)}}
     return rec, logits
 
 

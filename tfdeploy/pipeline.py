@@ -61,8 +61,10 @@ def prepare(recipe, opts):
     train = encode_split(plugin, task.train, recipe.data)
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
                               recipe.data)
+    selection = encode_split(plugin, task.selection, recipe.data) if task.selection else None
     chosen = select_stages(recipe, opts)
-    context = Context(recipe, strategy, info, plugin, task, train, validation, run_dir="",
+    context = Context(recipe, strategy, info, plugin, task, train, validation, selection,
+                      run_dir="",
                       is_chief=strategies.is_chief(strategy))
     stage_list = [(s, stages.create(s)) for s in chosen]
     stages.check_strategy(stage_list, info)
@@ -74,7 +76,9 @@ def preflight(context, stage_list):
     with context.strategy.scope():
         model = context.plugin.build()
     task = context.task
-    print(f"data: {len(task.train)} train / {len(context.validation)} validation examples, "
+    held = len(context.selection) if context.selection else 0
+    print(f"data: {len(task.train)} train / {held} selection (held out of train) / "
+          f"{len(context.validation)} validation examples, "
           f"labels {task.label_names}")
     print(f"model: {model.name}, {model.count_params():,} parameters, "
           f"{len(model.layers)} layers")

@@ -1,7 +1,8 @@
 """Shared fitting machinery for every stage that trains (train, prune, cluster, qat, distill).
 
 ``FitConfig`` holds the knobs; ``fit`` compiles inside the strategy scope, converts epochs to
-steps with the *global* batch, evaluates on the validation split, keeps the best weights and
+steps with the *global* batch, evaluates on the selection split (held out of the training
+rows; the reported validation split never chooses), keeps the best weights and
 backs up each evaluation period so a killed run (or a restarted worker) resumes.
 """
 import dataclasses
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import field
 
 
@@ -34,11 +36,12 @@ class FitConfig:
     lr_schedule: Literal["linear", "constant", "cosine"] = field(
         "linear", doc="Learning-rate decay after warm-up.")
     clipnorm: float = field(1.0, ge=0, doc="Clip the global gradient norm (0 = off).")
-    evals: int = field(0, ge=0, doc="Validation passes during the stage; 0 = once per epoch "
-                                    "(at least one).")
+    evals: int = field(0, ge=0, doc="Evaluations on the selection split during the stage; "
+                                    "0 = once per epoch (at least one).")
     early_stopping: int = field(0, ge=0, doc="Stop after this many evaluations without "
                                              "improvement (0 = off).")
-    keep_best: bool = field(True, doc="Return the weights of the best validation accuracy.")
+    keep_best: bool = field(True, doc="Return the weights of the best accuracy on the "
+                                      "selection split (data.selection_split).")
 
     def total_steps(self, examples, global_batch):
         if self.steps:
@@ -132,7 +135,11 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     optimizer = make_optimizer(cfg, periods * per_period)
     (compile_fn or compile_for_classification)(model, optimizer, context)
     extra = list(callbacks)
-    keep = KeepBest() if cfg.keep_best else None
+    selection = context.selection_dataset()
+    if selection is None and cfg.early_stopping:
+        raise StageError("early_stopping needs a selection split (data.selection_split > 0): "
+                         "the reported validation split never chooses")
+    keep = KeepBest() if cfg.keep_best and selection is not None else None
     if cfg.early_stopping:
         extra.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
                                                    mode="max"))
@@ -151,7 +158,7 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     print(f"  {total} steps at global batch {global_batch} ({context.replicas} replica(s)), "
           f"{periods} evaluation(s)", flush=True)
     history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
-                        steps_per_epoch=per_period, validation_data=context.validation_dataset(),
+                        steps_per_epoch=per_period, validation_data=selection,
                         callbacks=extra, verbose=1 if sys.stdout.isatty() else 2)
     record = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,

@@ -5,7 +5,7 @@ that subclasses :class:`DataPlugin` and has a ``Config`` dataclass. Encoding for
 and batching live in :mod:`tfdeploy.data.pipeline`, shared by all sources.
 """
 import dataclasses
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -25,6 +25,11 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
+    def subset(self, indices):
+        examples = self.examples[indices] if isinstance(self.examples, np.ndarray) \
+            else [self.examples[i] for i in indices]
+        return Split(examples, self.labels[indices])
+
     def take(self, n):
         return Split(self.examples[:n], self.labels[:n]) if n and n < len(self) else self
 
@@ -32,8 +37,9 @@ class Split:
 @dataclasses.dataclass
 class Task:
     train: Split
-    validation: Split
+    validation: Split             # reported on; never chooses anything
     label_names: List[str]
+    selection: Optional[Split] = None  # carved from train; checkpoints are chosen on it
 
     @property
     def num_labels(self):
@@ -67,16 +73,22 @@ class DataPlugin:
         raise NotImplementedError
 
     def limit(self, task):
-        """Apply max_*_examples; the training subset is a seeded random sample."""
+        """Apply max_*_examples (the training subset is a seeded random sample), then hold
+        ``selection_split`` of the training rows out as the selection split."""
         cfg = self.config
         train = task.train
         if cfg.max_train_examples and cfg.max_train_examples < len(train):
             order = np.random.default_rng(self.seed).permutation(len(train))
-            order = order[:cfg.max_train_examples]
-            examples = train.examples[order] if isinstance(train.examples, np.ndarray) \
-                else [train.examples[i] for i in order]
-            train = Split(examples, train.labels[order])
-        return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names)
+            train = train.subset(order[:cfg.max_train_examples])
+        selection = None
+        if cfg.selection_split:
+            # a seed stream apart from max_train_examples' sample
+            order = np.random.default_rng([self.seed, 1]).permutation(len(train))
+            cut = max(1, int(round(len(train) * cfg.selection_split)))
+            train, selection = train.subset(np.sort(order[cut:])), \
+                train.subset(np.sort(order[:cut]))
+        return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names,
+                    selection)
 
 
 def create(config, seed=0):

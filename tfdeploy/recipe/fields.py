@@ -75,6 +75,12 @@ class ModelConfig(PluginConfig):
 @dataclasses.dataclass(kw_only=True)
 class DataConfig(PluginConfig):
     type: str = field(doc="Data source type, e.g. sst2, text.")
+    selection_split: float = field(
+        0.05, ge=0, lt=0.5, doc="Share of the training rows held out (seeded) as the "
+                                "selection split: keep_best, early stopping and the "
+                                "evaluations during training choose on it, so the reported "
+                                "validation split chooses nothing. 0 = none (then no "
+                                "keep_best or early stopping).")
 
 
 def import_submodules(package_name, package_path):

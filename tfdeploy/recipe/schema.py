@@ -59,8 +59,6 @@ class Export:
 
 @dataclasses.dataclass(kw_only=True)
 class Evaluate:
-    split: Literal["validation", "train"] = field("validation", doc="Split evaluated after "
-                                                                    "every stage.")
     batch_size: int = field(64, ge=1, doc="Global batch size for evaluation.", unit="examples")
     max_examples: int = field(0, ge=0, doc="Evaluate on at most this many examples; 0 = all.")
     max_drop: Optional[float] = field(None, ge=0, doc="Fail the run if an artifact's accuracy "
