@@ -22,7 +22,8 @@ class Context:
     backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see pipeline)
     is_chief: bool = True
     stage_started: float = 0.0
-    traits: Traits = Traits()  # what earlier stages did to the model entering this one
+    traits: Traits = Traits()
+    data_files: list = dataclasses.field(default_factory=list)  # what the data came from  # what earlier stages did to the model entering this one
     stage_outputs: dict = dataclasses.field(default_factory=dict)  # teachers by stage name
 
     @property

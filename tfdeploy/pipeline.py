@@ -5,7 +5,6 @@ Each stage's output is keyed by a hash of its config and its input's hash. With
 first changed or unfinished stage and everything after it run again.
 """
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -14,7 +13,8 @@ import time
 
 import yaml
 
-from tfdeploy import checkpoint, evaluate, models, publish, report, stages, strategy as strategies
+from tfdeploy import (cache, checkpoint, evaluate, models, publish, report, stages,
+                      strategy as strategies)
 # Imported now, not when a long run reaches them: an edit to the tree while a run trains
 # must not hand it a newer module half way.
 from tfdeploy import bench, deliver, export  # noqa: F401
@@ -26,10 +26,10 @@ from tfdeploy.data.pipeline import encode_split
 from tfdeploy.errors import GateError, StageError, TfdeployError
 from tfdeploy.recipe.schema import to_dict
 from tfdeploy.stages.teacher import check_teachers
-from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment, fingerprint,
+from tfdeploy.cache import STAGE_DONE, find_cached, is_finished
+from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment,
                              new_run_id, recipe_runs)
 
-STAGE_DONE = "stage.json"
 
 
 @dataclasses.dataclass
@@ -57,6 +57,7 @@ def prepare(recipe, opts):
     strategy, info = strategies.create(recipe.distribution, opts.strategy or None)
     source = data_plugins.create(recipe.data, recipe.seed)
     task = source.load()
+    data_files = source.files()
     plugin = models.create(recipe.model, task.num_labels)
     train = encode_split(plugin, task.train, recipe.data)
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
@@ -65,7 +66,7 @@ def prepare(recipe, opts):
     chosen = select_stages(recipe, opts)
     context = Context(recipe, strategy, info, plugin, task, train, validation, selection,
                       run_dir="",
-                      is_chief=strategies.is_chief(strategy))
+                      is_chief=strategies.is_chief(strategy), data_files=data_files)
     stage_list = [(s, stages.create(s)) for s in chosen]
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)
@@ -99,28 +100,6 @@ def choose_run_dir(recipe, opts):
     if opts.resume and runs:
         return runs[-1], runs
     return os.path.join(root, recipe.name, new_run_id()), runs
-
-
-def find_cached(digest, root):
-    """A finished stage output with this hash in any run under ``root`` (newest first).
-
-    The hash covers the stage's config and everything upstream (model, data, seed, earlier
-    stages), so a recipe that extends another reuses the stages they share."""
-    found = []
-    for done in glob.glob(os.path.join(root, "*", "*", "*", STAGE_DONE)):
-        stage_dir = os.path.dirname(done)
-        if is_finished(stage_dir, digest):
-            found.append((os.path.getmtime(done), stage_dir))
-    return max(found)[1] if found else None
-
-
-def is_finished(stage_dir, digest):
-    path = os.path.join(stage_dir, STAGE_DONE)
-    if not os.path.exists(path) or not os.path.exists(os.path.join(stage_dir,
-                                                                   checkpoint.MODEL_FILE)):
-        return False
-    with open(path) as f:
-        return json.load(f).get("hash") == digest
 
 
 def run(recipe, opts):
@@ -177,7 +156,7 @@ def _run(recipe, opts, context, stage_list):
 
 def run_stages(recipe, opts, context, stage_list, records):
     """Run (or load from the cache) each stage in turn; the last model and its traits."""
-    digest = fingerprint(to_dict(recipe.model), to_dict(recipe.data), recipe.seed)
+    keys = cache.stage_keys(recipe, context, stage_list)
     with context.strategy.scope():
         model = context.plugin.build()
     # Stage models later stages name as their teacher; only those stay in memory.
@@ -185,7 +164,7 @@ def run_stages(recipe, opts, context, stage_list, records):
     reached_start = not opts.start_from
     scopes, context.traits = [], Traits()
     for index, (cfg, stage) in enumerate(stage_list):
-        digest = fingerprint(digest, to_dict(cfg))
+        digest = keys[index]
         reached_start = reached_start or cfg.name == opts.start_from
         context.stage_dir = os.path.join(context.run_dir, f"{index}-{cfg.name}")
         context.backup_dir = backup_dir(recipe, opts, context, digest)
@@ -197,8 +176,7 @@ def run_stages(recipe, opts, context, stage_list, records):
                                     scopes=scopes)
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
-            with open(os.path.join(cached, STAGE_DONE)) as f:
-                context.traits = Traits.from_dict(json.load(f).get("traits"))
+            context.traits = Traits.from_dict(cache.stage_traits(cached))
             if context.is_chief and cached != context.stage_dir:
                 atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
         else:
@@ -236,8 +214,8 @@ def finish_stage(result, cfg, context, digest):
           flush=True)
     if context.is_chief:
         atomic_write_json(context.path("eval.json"), rec)
-        atomic_write_json(context.path(STAGE_DONE), {
-            "hash": digest, "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
+        cache.mark_done(context.stage_dir, digest, {
+            "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
             "traits": result.traits.to_dict(),
             "seconds": round(time.time() - context.stage_started, 1)})
     return rec

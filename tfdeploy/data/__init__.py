@@ -72,6 +72,10 @@ class DataPlugin:
     def load(self) -> Task:
         raise NotImplementedError
 
+    def files(self):
+        """The files ``load`` reads: their bytes are part of every stage's cache key."""
+        return []
+
     def limit(self, task):
         """Apply max_*_examples (the training subset is a seeded random sample), then hold
         ``selection_split`` of the training rows out as the selection split."""

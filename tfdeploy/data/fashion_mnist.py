@@ -83,6 +83,14 @@ class FashionMNIST(DataPlugin):
             fetch_debian_package(cached)
         return cached
 
+    def files(self):
+        d, found = self.find(), []
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            path = os.path.join(d, name)
+            found.append(path if os.path.exists(path) else path + ".gz")
+        return found
+
     def load(self):
         d = self.find()
 

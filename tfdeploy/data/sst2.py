@@ -69,6 +69,9 @@ class SST2(DataPlugin):
             f"{' and the GLUE download failed (offline?)' if self.config.download else ''}. "
             f"Put the GLUE SST-2 files there, or set data.dir.")
 
+    def files(self):
+        return [os.path.join(self.find(), name) for name in FILES]
+
     def load(self):
         directory = self.find()
         splits = []

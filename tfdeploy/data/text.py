@@ -38,6 +38,10 @@ class TextClassification(DataPlugin):
         label_map = label_map or list(cfg.labels) or sorted(set(raw))
         return texts, np.asarray(label_ids(path, raw, lines, label_map), np.int32), label_map
 
+    def files(self):
+        return [self.config.train] + ([self.config.validation] if self.config.validation
+                                      else [])
+
     def load(self):
         cfg = self.config
         texts, labels, label_map = self.read(cfg.train)

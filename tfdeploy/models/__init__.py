@@ -52,6 +52,11 @@ class ModelPlugin:
         """Inputs shaped like real ones, for latency benchmarks."""
         raise NotImplementedError
 
+    def files(self):
+        """The files the model's starting weights come from (a checkpoint): their bytes
+        are part of every stage's cache key."""
+        return []
+
     def custom_objects(self):
         """Layer classes by name, for loading a saved model of this type."""
         return {}

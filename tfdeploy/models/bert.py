@@ -393,6 +393,11 @@ class Bert(ModelPlugin):
     def custom_objects(self):
         return custom_objects()
 
+    def files(self):
+        directory = checkpoints.resolve(self.config.checkpoint or self.config.vocab)
+        return [os.path.join(directory, f) for f in checkpoints.MODEL_FILES
+                if os.path.exists(os.path.join(directory, f))]
+
     def hidden_states(self, model):
         """Embedding output, then each encoder layer's output, as token rows: what a
         hidden-state distillation loss compares."""
