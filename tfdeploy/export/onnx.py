@@ -75,7 +75,25 @@ def convert(model, input_specs, opset=17):
         return {"logits": tf.cast(model(dict(zip(names, args)), training=False), tf.float32)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=specs, opset=opset)
+    freeze_captured_tensors(proto, serve.get_concrete_function(*specs))
     return proto
+
+
+def freeze_captured_tensors(proto, concrete):
+    """Constants a model captured as eager tensors (e.g. the masks of TFMOT's
+    prune-preserving quantizers) come out of tf2onnx as extra graph inputs; make them
+    initializers with their values, as the variables are."""
+    from onnx import numpy_helper
+
+    values = {}
+    for external, internal in zip(concrete.captured_inputs, concrete.graph.internal_captures):
+        if external.dtype != tf.resource:
+            values[internal.name] = external.numpy()
+    extra = [i for i in proto.graph.input if i.name in values]
+    for graph_input in extra:
+        proto.graph.initializer.append(numpy_helper.from_array(values[graph_input.name],
+                                                               graph_input.name))
+        proto.graph.input.remove(graph_input)
 
 
 def const_value(graph, name):
