@@ -78,9 +78,10 @@ def preflight(context, stage_list):
         model = context.plugin.build()
     task = context.task
     held = len(context.selection) if context.selection else 0
-    print(f"data: {len(task.train)} train / {held} selection (held out of train) / "
-          f"{len(context.validation)} validation examples, "
-          f"labels {task.label_names}")
+    print(f"data: {len(task.train) + held} train / {len(context.validation)} validation "
+          f"examples, labels {task.label_names}")
+    print(f"  {held} of the train rows held out as the selection split (chooses "
+          f"checkpoints); the validation split is only reported")
     print(f"model: {model.name}, {model.count_params():,} parameters, "
           f"{len(model.layers)} layers")
     print(f"strategy: {context.strategy_info['strategy']} "
