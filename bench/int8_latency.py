@@ -55,7 +55,9 @@ def main():
             artifacts.append(Artifact(label, path))
     settings = bench.Settings(batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
                               seconds=args.seconds)
-    results = bench.benchmark(artifacts, settings)
+    from tfdeploy.models.bert import token_inputs
+
+    results = bench.benchmark(artifacts, settings, make_inputs=token_inputs)
     pairs = [("tflite_int8", "tflite_dynamic_int8"), ("qat_int8", "tflite_dynamic_int8"),
              ("onnx_int8", "onnx_fp32"), ("onnx_fp32", "savedmodel"),
              ("tflite_dynamic_int8", "savedmodel")]

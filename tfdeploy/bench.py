@@ -34,13 +34,25 @@ class Settings:
     settle: float = 0.3
 
 
-def synthetic_inputs(batch, seq, vocab=30522, seed=0):
-    """Token ids shaped like real input: [CLS] ... [SEP], full attention mask."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, min(vocab, 30000), size=(batch, seq), dtype=np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
-            "token_type_ids": np.zeros_like(ids)}
+def signature_inputs(artifact):
+    """``make_inputs(batch, seq)`` from the artifact's own input signature: each unknown
+    dimension is the batch (first) or ``seq``; integers are 1 (a valid id, mask or type
+    for any vocabulary), floats uniform in [0, 1). A recipe's benchmark uses its model
+    plugin's inputs instead."""
+    from tfdeploy.export import input_specs
+
+    specs = input_specs(artifact.path)
+
+    def make(batch, seq, seed=0):
+        rng, out = np.random.default_rng(seed), {}
+        for name, (shape, dtype) in specs.items():
+            dims = [batch if i == 0 and d is None else seq if d is None else d
+                    for i, d in enumerate(shape)]
+            out[name] = np.ones(dims, dtype) if np.issubdtype(dtype, np.integer) else \
+                rng.random(dims).astype(dtype)
+        return out
+
+    return make
 
 
 def measure(runners, inputs, s: Settings):
@@ -87,8 +99,10 @@ def gzip_size(path):
     return total
 
 
-def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=synthetic_inputs):
-    """Latency records per artifact and batch size; ratios to ``reference`` (if present)."""
+def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=None):
+    """Latency records per artifact and batch size; ratios to ``reference`` (if present).
+    ``make_inputs(batch, seq)``: by default from the first artifact's input signature."""
+    make_inputs = make_inputs or signature_inputs(artifacts[0])
     runners = {a.name: a.runner(s.threads) for a in artifacts}
     results = {}
     for batch in s.batch_sizes:

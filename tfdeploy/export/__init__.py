@@ -79,6 +79,20 @@ def runner_for(path, threads=2):
     raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
 
 
+def input_specs(path):
+    """{input name: (shape with None for unknown dims, numpy dtype)} of an artifact."""
+    if os.path.isdir(path):
+        from tfdeploy.export import savedmodel
+        return savedmodel.input_specs(path)
+    if path.endswith(".tflite"):
+        from tfdeploy.export import tflite
+        return tflite.input_specs(path)
+    if path.endswith(".onnx"):
+        from tfdeploy.export import onnx
+        return onnx.input_specs(path)
+    raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
+
+
 def next_version(root):
     """One above the highest numeric version directory under ``root`` (TF Serving layout)."""
     if not os.path.isdir(root):

@@ -261,11 +261,18 @@ def session(path, threads=2):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+TYPES = {"tensor(int32)": np.int32, "tensor(float)": np.float32, "tensor(int64)": np.int64}
+
+
+def input_specs(path):
+    return {i.name: ([d if isinstance(d, int) else None for d in i.shape],
+                     np.dtype(TYPES.get(i.type, np.float32)))
+            for i in session(path, 1).get_inputs()}
+
+
 def runner(path, threads=2):
     sess = session(path, threads)
-    types = {"tensor(int32)": np.int32, "tensor(float)": np.float32,
-             "tensor(int64)": np.int64}
-    inputs = {i.name: types.get(i.type, np.float32) for i in sess.get_inputs()}
+    inputs = {i.name: TYPES.get(i.type, np.float32) for i in sess.get_inputs()}
 
     def run(features):
         return sess.run(["logits"], {n: np.asarray(features[n], t)

@@ -54,6 +54,12 @@ def write(model, input_specs, label_names, target):
     return target
 
 
+def input_specs(path):
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    return {name: (spec.shape.as_list(), spec.dtype.as_numpy_dtype)
+            for name, spec in fn.structured_input_signature[1].items()}
+
+
 def runner(path):
     """Callable: dict of numpy inputs -> logits, through the ``serving_default`` signature."""
     fn = tf.saved_model.load(path).signatures["serving_default"]

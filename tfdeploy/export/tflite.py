@@ -224,6 +224,12 @@ def interpreter(path, threads=2):
     return Interpreter(model_path=path, num_threads=threads)
 
 
+def input_specs(path):
+    details = interpreter(path, 1).get_signature_runner("serving_default").get_input_details()
+    return {name: ([None if d < 0 else int(d) for d in info["shape_signature"]],
+                   np.dtype(info["dtype"])) for name, info in details.items()}
+
+
 def runner(path, threads=2):
     """A callable: dict of numpy inputs -> logits (numpy), resizing to each batch's shape."""
     runner = interpreter(path, threads).get_signature_runner("serving_default")

@@ -241,6 +241,16 @@ class BertTokenizer:
         return self._tok.decode([int(i) for i in ids])
 
 
+def token_inputs(batch, seq, vocab=30522, seed=0):
+    """Token ids shaped like real input, for benchmarks: [CLS] ... [SEP] (BERT's ids 101
+    and 102), full attention mask."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab, 30000), size=(batch, seq), dtype=np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids)}
+
+
 def pad_batch(ids, length, pad_id=0):
     batch = np.full((len(ids), length), pad_id, np.int32)
     mask = np.zeros((len(ids), length), np.int32)
@@ -422,8 +432,7 @@ class Bert(ModelPlugin):
         return tf.reshape(tf.cast(inputs["attention_mask"], tf.float32), [-1, 1])
 
     def synthetic_inputs(self, batch, seq_length, seed=0):
-        from tfdeploy.bench import synthetic_inputs
-        return synthetic_inputs(batch, seq_length, self.bert_config.vocab_size, seed)
+        return token_inputs(batch, seq_length, self.bert_config.vocab_size, seed)
 
     def onnx_rewrite(self, proto):
         """Attention blocks into ONNX Runtime's Attention op, then ORT's BERT optimizer."""
