@@ -68,7 +68,7 @@ BAD = [
     ("stages: [{type: train, epochs: 0}]", "stages[0].epochs", "is not in (0, inf)"),
     ("stages: [{type: train, learning_rate: -1}]", "stages[0].learning_rate", "is not in"),
     ("stages: [{type: train, optimizer: adamww}]", "stages[0].optimizer", "did you mean 'adamw'"),
-    ("stages: [{type: train, batch_size: 0}]", "stages[0].batch_size", "is not in [1, inf)"),
+    ("stages: [{type: train, batch_size: 0}]", "stages[0].batch_size", "is not in [1, 65536]"),
     ("stages: [{type: train, warmup: 1.0}]", "stages[0].warmup", "1.0 is not in [0, 1)"),
     ("stages: [{type: train, learning_rat: 0.1}]", "stages[0].learning_rat",
      "did you mean 'learning_rate'"),
@@ -86,7 +86,7 @@ BAD = [
     ("distribution: {mixed_precision: fp16}", "distribution.mixed_precision", "one of"),
     ("export: {formats: [pdf]}", "export.formats[0]", "one of"),
     ("export: {version: -1}", "export.version", "is not in [0, inf)"),
-    ("evaluate: {batch_size: 0}", "evaluate.batch_size", "is not in [1, inf)"),
+    ("evaluate: {batch_size: 0}", "evaluate.batch_size", "is not in [1, 65536]"),
     ("evaluate: {max_drop: -0.1}", "evaluate.max_drop", "is not in [0, inf)"),
     ("evaluate: {split: test}", "evaluate.split", "unknown key"),  # removed: it chose nothing
     ("export: {int8_fallback: sometimes}", "export.int8_fallback", "one of"),

@@ -24,21 +24,21 @@ from tfdeploy.recipe.fields import field
 class FitConfig:
     epochs: float = field(1.0, gt=0, doc="Passes over the training split (fractions allowed).",
                           unit="epochs")
-    steps: int = field(0, ge=0, doc="Optimizer steps; overrides epochs when > 0.",
+    steps: int = field(0, ge=0, le=10**9, doc="Optimizer steps; overrides epochs when > 0.",
                        unit="steps")
-    batch_size: int = field(32, ge=1, doc="Batch size per replica; the global batch is this "
+    batch_size: int = field(32, ge=1, le=65536, doc="Batch size per replica; the global batch is this "
                                           "times the number of replicas.", unit="examples")
     optimizer: Literal["adamw", "adam", "sgd"] = field("adamw", doc="Optimizer.")
     learning_rate: float = field(5e-5, gt=0, doc="Peak learning rate.")
-    weight_decay: float = field(0.01, ge=0, doc="Decoupled weight decay (adamw); biases and "
+    weight_decay: float = field(0.01, ge=0, le=10, doc="Decoupled weight decay (adamw); biases and "
                                                 "LayerNorm are excluded.")
     warmup: float = field(0.1, ge=0, lt=1, doc="Fraction of steps with linear warm-up.")
     lr_schedule: Literal["linear", "constant", "cosine"] = field(
         "linear", doc="Learning-rate decay after warm-up.")
-    clipnorm: float = field(1.0, ge=0, doc="Clip the global gradient norm (0 = off).")
-    evals: int = field(0, ge=0, doc="Evaluations on the selection split during the stage; "
+    clipnorm: float = field(1.0, ge=0, le=1e6, doc="Clip the global gradient norm (0 = off).")
+    evals: int = field(0, ge=0, le=10000, doc="Evaluations on the selection split during the stage; "
                                     "0 = once per epoch (at least one).")
-    early_stopping: int = field(0, ge=0, doc="Stop after this many evaluations without "
+    early_stopping: int = field(0, ge=0, le=10000, doc="Stop after this many evaluations without "
                                              "improvement (0 = off).")
     keep_best: bool = field(True, doc="Return the weights of the best accuracy on the "
                                       "selection split (data.selection_split).")

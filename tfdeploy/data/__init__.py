@@ -57,7 +57,7 @@ class TextDataConfig(DataConfig):
                                                  "(after a seeded shuffle); 0 = all.")
     max_validation_examples: int = field(0, ge=0, doc="Use only the first N validation "
                                                       "rows; 0 = all.")
-    buckets: List[int] = field(factory=lambda: [16, 32, 64, 128],
+    buckets: List[int] = field(factory=lambda: [16, 32, 64, 128], ge=1, le=512, max_items=64,
                                doc="Padded lengths to bucket batches by (values above "
                                    "max_length are dropped, max_length is added).",
                                unit="tokens")

@@ -7,12 +7,16 @@ import dataclasses
 from typing import ClassVar, Optional
 
 MISSING = dataclasses.MISSING
+# Recipe and stage names become folder names: no separators, no leading dot.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def field(default=MISSING, *, doc, unit=None, ge=None, gt=None, le=None, lt=None,
-          pattern=None, factory=None):
-    """A dataclass field with documentation and bounds (ge/gt/le/lt) for validation."""
-    meta = {"doc": doc, "unit": unit, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern}
+          pattern=None, factory=None, max_items=None, max_length=4096):
+    """A dataclass field with documentation and bounds for validation: ge/gt/le/lt for
+    numbers (each item of a list), max_items for lists, max_length for text."""
+    meta = {"doc": doc, "unit": unit, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern,
+            "max_items": max_items, "max_length": max_length}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -64,7 +68,8 @@ class StageConfig(PluginConfig):
 
     type: str = field(doc="Stage type, e.g. train, prune, cluster, qat, distill.")
     name: Optional[str] = field(None, doc="Name used by --stages/--from and in the run "
-                                          "directory; defaults to the type (made unique).")
+                                          "directory; defaults to the type (made unique).",
+                                pattern=NAME_PATTERN, max_length=64)
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -14,46 +14,94 @@ from tfdeploy.recipe.overrides import apply_overrides
 from tfdeploy.recipe.validate import format_path, validate
 
 _REF = re.compile(r"\$\{([^}]+)\}")
+# Bounds checked before anything is expanded: a recipe is a few hundred values.
+MAX_BYTES = 1 << 20          # 1 MiB of YAML
+MAX_DEPTH = 32               # nesting of mappings and lists
+MAX_VALUES = 100_000         # values after aliases are expanded ("billion laughs")
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+              ("map", "seq", "str", "int", "float", "bool", "null")}
 
 
-def read_yaml(path):
-    """Return (tree, locations): the plain tree and a map path-tuple -> 'file:line'."""
+def read_text(path):
+    """The recipe's text: UTF-8, at most MAX_BYTES."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if os.path.isdir(path):
+            raise TfdeployError(f"recipe {path}: is a directory, not a YAML file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise TfdeployError(f"recipe file not found: {path}") from None
     except OSError as e:
         raise TfdeployError(f"cannot read recipe {path}: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise TfdeployError(f"recipe {path}: larger than {MAX_BYTES} bytes; not a recipe?")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RecipeError([("", f"not UTF-8 text (byte {e.start}: {data[e.start]:#04x}); "
+                                f"save the recipe as UTF-8", f"{path}:{line}")]) from None
+
+
+def compose(text, path):
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise RecipeError([("", f"invalid YAML: {getattr(e, 'problem', e)}", where)]) from None
+    except RecursionError:
+        raise RecipeError([("", f"nested more than the YAML reader can follow (a recipe "
+                                f"needs at most {MAX_DEPTH} levels)", path)]) from None
+
+
+def read_yaml(path):
+    """Return (tree, locations): the plain tree and a map path-tuple -> 'file:line'."""
+    node = compose(read_text(path), path)
     locations = {}
     if node is None:
         return {}, locations
     constructor = yaml.SafeLoader("")
+    count = [0]
+
+    def refuse(p, n, message):
+        raise RecipeError([(format_path(p), message, f"{path}:{n.start_mark.line + 1}")])
+
+    def scalar(n, p):
+        if n.tag not in PLAIN_TAGS:
+            refuse(p, n, f"YAML tag {n.tag} is not allowed (plain values only)")
+        try:
+            return constructor.construct_object(n, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as e:
+            refuse(p, n, f"invalid value: {e}")
 
     def walk(n, p):
+        count[0] += 1
+        if count[0] > MAX_VALUES:
+            refuse(p, n, f"more than {MAX_VALUES} values (aliases that expand without "
+                         f"end?)")
+        if len(p) > MAX_DEPTH:
+            refuse(p[:MAX_DEPTH], n, f"nested deeper than {MAX_DEPTH} levels")
         locations[p] = f"{path}:{n.start_mark.line + 1}"
+        if n.tag not in PLAIN_TAGS:
+            refuse(p, n, f"YAML tag {n.tag} is not allowed (plain values only)")
         if isinstance(n, yaml.MappingNode):
             out = {}
             for key_node, value_node in n.value:
-                key = constructor.construct_object(key_node, deep=True)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    refuse(p, key_node, "merge keys (<<) are not supported; write the keys "
+                                        "out")
+                key = scalar(key_node, p) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    refuse(p, key_node, "keys must be plain text")
                 if key in out:
-                    raise RecipeError([(format_path(p + (key,)), "duplicate key",
-                                        f"{path}:{key_node.start_mark.line + 1}")])
+                    refuse(p + (key,), key_node, "duplicate key")
                 out[key] = walk(value_node, p + (key,))
                 locations[p + (key,)] = f"{path}:{key_node.start_mark.line + 1}"
             return out
         if isinstance(n, yaml.SequenceNode):
             return [walk(v, p + (i,)) for i, v in enumerate(n.value)]
-        try:
-            return constructor.construct_object(n, deep=True)
-        except yaml.YAMLError as e:
-            raise RecipeError([(format_path(p), f"invalid value: {e}", locations[p])]) from None
+        return scalar(n, p)
 
     tree = walk(node, ())
     if not isinstance(tree, dict):

@@ -10,9 +10,8 @@ import tfdeploy.data  # noqa: F401  (fills the data registry)
 import tfdeploy.models  # noqa: F401  (fills the model registry)
 import tfdeploy.stages  # noqa: F401  (fills the stage registry)
 from tfdeploy.export import FORMATS
-from tfdeploy.recipe.fields import DataConfig, ModelConfig, StageConfig, field
+from tfdeploy.recipe.fields import NAME_PATTERN, DataConfig, ModelConfig, StageConfig, field
 
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,7 +47,7 @@ class Export:
     version: int = field(0, ge=0, doc="Model version directory; 0 = one above the highest "
                                       "existing version.")
     opset: int = field(17, ge=13, le=21, doc="ONNX opset for onnx_* formats.")
-    calibration_examples: int = field(100, ge=1, doc="Training examples used to calibrate "
+    calibration_examples: int = field(100, ge=1, le=100000, doc="Training examples used to calibrate "
                                                      "tflite_int8 activation ranges.")
     int8_fallback: Literal["off", "on_gate", "always"] = field(
         "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
@@ -59,7 +58,8 @@ class Export:
 
 @dataclasses.dataclass(kw_only=True)
 class Evaluate:
-    batch_size: int = field(64, ge=1, doc="Global batch size for evaluation.", unit="examples")
+    batch_size: int = field(64, ge=1, le=65536, doc="Global batch size for evaluation.",
+                            unit="examples")
     max_examples: int = field(0, ge=0, doc="Evaluate on at most this many examples; 0 = all.")
     max_drop: Optional[float] = field(None, ge=0, doc="Fail the run if an artifact's accuracy "
                                                       "drops more than this below the fp32 "
@@ -67,7 +67,8 @@ class Evaluate:
                                                       "model): absolute (0.01 = 1 point) or, "
                                                       "with relative, a fraction of it.")
     relative: bool = field(False, doc="max_drop is relative to the baseline accuracy.")
-    threads: int = field(2, ge=1, doc="Threads for TFLite and ONNX Runtime evaluation.")
+    threads: int = field(2, ge=1, le=1024, doc="Threads for TFLite and ONNX Runtime "
+                                               "evaluation.")
     float_tolerance: float = field(1e-4, gt=0, doc="Max abs logit difference allowed between "
                                                    "a float artifact and its Keras model.")
 
@@ -75,13 +76,13 @@ class Evaluate:
 @dataclasses.dataclass(kw_only=True)
 class Benchmark:
     enabled: bool = field(False, doc="Benchmark exported artifacts after the run.")
-    batch_sizes: List[int] = field(factory=lambda: [1, 8], doc="Batch sizes to time.",
-                                   unit="examples")
-    seq_length: int = field(128, ge=2, doc="Sequence length of the timed inputs.",
+    batch_sizes: List[int] = field(factory=lambda: [1, 8], ge=1, le=4096, max_items=16,
+                                   doc="Batch sizes to time.", unit="examples")
+    seq_length: int = field(128, ge=2, le=4096, doc="Sequence length of the timed inputs.",
                             unit="tokens")
-    threads: int = field(2, ge=1, doc="Threads for every runtime (recorded).")
-    runs: int = field(200, ge=1, doc="Timed calls per variant (or until `seconds`).")
-    seconds: float = field(10.0, gt=0, doc="Timed seconds per variant (or until `runs`).",
+    threads: int = field(2, ge=1, le=1024, doc="Threads for every runtime (recorded).")
+    runs: int = field(200, ge=1, le=10**6, doc="Timed calls per variant (or until `seconds`).")
+    seconds: float = field(10.0, gt=0, le=3600, doc="Timed seconds per variant (or until `runs`).",
                            unit="s")
     warmup_runs: int = field(10, ge=0, doc="Untimed calls per variant first.")
     warmup_seconds: float = field(0.5, ge=0, doc="Untimed seconds per variant first.", unit="s")
@@ -101,7 +102,7 @@ class Output:
 @dataclasses.dataclass(kw_only=True)
 class Recipe:
     name: str = field(doc="Recipe name: names the run directory and the exported model.",
-                      pattern=NAME_PATTERN)
+                      pattern=NAME_PATTERN, max_length=64)
     model: ModelConfig = field(doc="The model to start from (type-specific fields).")
     data: DataConfig = field(doc="The dataset (type-specific fields).")
     distribution: Distribution = field(factory=Distribution, doc="Where work runs.")
@@ -110,7 +111,7 @@ class Recipe:
     evaluate: Evaluate = field(factory=Evaluate, doc="Evaluation after every stage.")
     benchmark: Benchmark = field(factory=Benchmark, doc="Latency/size benchmarks.")
     output: Output = field(factory=Output, doc="Where run directories go.")
-    seed: int = field(0, ge=0, doc="Seed for data order, initialisation and dropout.")
+    seed: int = field(0, ge=0, le=2**32 - 1, doc="Seed for data order, initialisation and dropout.")
 
     def __post_init__(self):
         # Every stage gets a unique name: its own, or its type with a counter.

@@ -5,6 +5,7 @@ YAML location it came from, so one run reports everything that is wrong at once.
 """
 import dataclasses
 import difflib
+import math
 import re
 import typing
 
@@ -90,7 +91,10 @@ class Validator:
             if not isinstance(value, list):
                 return self.fail(path, f"expected {type_label(tp)}, got {_show(value)}")
             (item_tp,) = typing.get_args(tp)
-            return [self.convert(item_tp, v, path + (i,)) for i, v in enumerate(value)]
+            if meta and meta.get("max_items") is not None and len(value) > meta["max_items"]:
+                return self.fail(path, f"{len(value)} items; at most {meta['max_items']}")
+            # a list field's bounds apply to each item
+            return [self.convert(item_tp, v, path + (i,), meta) for i, v in enumerate(value)]
         if origin is dict:
             if not isinstance(value, dict):
                 return self.fail(path, f"expected a mapping, got {_show(value)}")
@@ -124,9 +128,17 @@ class Validator:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif tp is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
+            try:
+                value = float(value) if ok else value
+            except OverflowError:
+                return self.fail(path, "number too large")
+            if ok and not math.isfinite(value):
+                return self.fail(path, f"{value} is not a finite number")
         elif tp is str:
             ok = isinstance(value, str)
+            if ok and len(value) > meta.get("max_length", 4096):
+                return self.fail(path, f"{len(value)} characters; at most "
+                                       f"{meta.get('max_length', 4096)}")
         elif tp is typing.Any:
             ok = True
         else:
@@ -154,6 +166,9 @@ class Validator:
             return self.fail(path, f"expected a mapping with a 'type' key, got {_show(value)}")
         registry = base.registry
         kind = value.get("type")
+        if kind is not None and not isinstance(kind, str):
+            return self.fail(path + ("type",), f"expected a type name, got {_show(kind)}; "
+                                               f"one of {', '.join(registry.names())}")
         if kind is None:
             return self.fail(path + ("type",), f"required key missing; one of "
                                                f"{', '.join(registry.names())}")

@@ -45,6 +45,12 @@ class ScheduleConfig:
         if self.initial_sparsity > self.final_sparsity:
             yield ("initial_sparsity", f"{self.initial_sparsity} is above final_sparsity "
                                        f"{self.final_sparsity}")
+        if self.end_step >= 0 and self.end_step <= self.begin_step:
+            yield ("end_step", f"{self.end_step} is not after begin_step {self.begin_step}")
+        if self.begin_epoch is not None and self.end_epoch is not None and \
+                self.end_epoch <= self.begin_epoch:
+            yield ("end_epoch", f"{self.end_epoch} is not after begin_epoch "
+                                f"{self.begin_epoch}")
 
 
 def schedule_steps(cfg, context, total):
