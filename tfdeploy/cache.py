@@ -15,6 +15,8 @@ import json
 import os
 
 import tfdeploy
+from tfdeploy import checkpoint
+from tfdeploy.errors import CheckpointError
 from tfdeploy.recipe.schema import to_dict
 from tfdeploy.rundir import atomic_write_json, fingerprint
 
@@ -112,9 +114,12 @@ def is_finished(stage_dir, key):
         if not isinstance(done, dict) or done.get("hash") != key:
             return False
         files = done.get("files") or {}
-        return all(files.get(name) == sha256(os.path.join(stage_dir, name))
-                   for name in TRUSTED_FILES)
-    except (OSError, ValueError):
+        if not all(files.get(name) == sha256(os.path.join(stage_dir, name))
+                   for name in TRUSTED_FILES):
+            return False
+        # tfdeploy never saves a Lambda layer: one here was put by someone else
+        return not checkpoint.holds_code(os.path.join(stage_dir, TRUSTED_FILES[0]))
+    except (OSError, ValueError, CheckpointError):
         return False
 
 

@@ -19,7 +19,7 @@ def record(stage, artifact, runtime, logits, labels, seconds, reference=None, **
     """One metrics.json record (schema documented in README: 'metrics.json')."""
     out = {"stage": stage, "artifact": artifact, "runtime": runtime, "split": "validation",
            "examples": int(len(labels)), "metrics": {"accuracy": accuracy(logits, labels)},
-           "eval_seconds": round(seconds, 3)}
+           "eval_seconds": round(seconds, 3), "finite": bool(np.isfinite(logits).all())}
     if reference is not None:
         out.update(parity(logits, reference))
     out.update(extra)
@@ -61,7 +61,11 @@ def evaluate_artifact(artifact, context, stage, reference, threads=2):
 
 
 def check_gate(rec, baseline, max_drop, relative=False):
-    """A message if ``rec``'s accuracy dropped more than allowed below ``baseline``."""
+    """A message if ``rec``'s accuracy dropped more than allowed below ``baseline``, or if
+    the artifact's outputs were not all finite."""
+    if rec.get("finite") is False:
+        return (f"{rec['artifact']} ({rec['runtime']}) of stage {rec['stage']!r}: outputs "
+                f"NaN or inf")
     if max_drop is None or baseline is None:
         return None
     drop = baseline - rec["metrics"]["accuracy"]
@@ -75,8 +79,10 @@ def check_gate(rec, baseline, max_drop, relative=False):
 
 
 def check_float_parity(rec, tolerance=1e-4):
-    """Problems (text) if a float artifact disagrees with its Keras model."""
-    if rec.get("agreement", 1.0) < 1.0 or rec.get("max_abs_diff", 0.0) > tolerance:
+    """Problems (text) if a float artifact disagrees with its Keras model (NaN or inf
+    logits on either side are a disagreement)."""
+    diff = rec.get("max_abs_diff", 0.0)
+    if rec.get("agreement", 1.0) < 1.0 or not np.isfinite(diff) or diff > tolerance:
         return (f"{rec['artifact']} ({rec['runtime']}) disagrees with the Keras model of stage "
                 f"{rec['stage']!r}: agreement {rec['agreement']:.4f}, max abs diff "
                 f"{rec['max_abs_diff']:.2e} (limit {tolerance:.0e})")

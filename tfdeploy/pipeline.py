@@ -70,6 +70,9 @@ def prepare(recipe, opts):
     stage_list = [(s, stages.create(s)) for s in chosen]
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)
+    for cfg, stage in stage_list:
+        stage.check(context)
+    check_output_paths(recipe, opts)
     return context, stage_list
 
 
@@ -96,11 +99,27 @@ def preflight(context, stage_list):
 
 
 def choose_run_dir(recipe, opts):
+    """The latest run when resuming an unfinished one; else a new run directory. A finished
+    run (it has metrics.json) is never written again: resuming it starts a new run that
+    reuses its finished stages through the cache."""
     root = opts.output_dir or recipe.output.dir
     runs = recipe_runs(root, recipe.name)
-    if opts.resume and runs:
+    if opts.resume and runs and not os.path.exists(os.path.join(runs[-1], "metrics.json")):
         return runs[-1], runs
     return os.path.join(root, recipe.name, new_run_id()), runs
+
+
+def check_output_paths(recipe, opts):
+    """Refuse, before any work, output folders that are files or cannot be made."""
+    for what, path in (("--output_dir" if opts.output_dir else "output.dir",
+                        opts.output_dir or recipe.output.dir), ("export.dir", recipe.export.dir)):
+        probe = path
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe.rstrip(os.sep))
+        if probe and not os.path.isdir(probe):
+            raise TfdeployError(f"{what} {path}: {probe} is a file, not a folder")
+        if probe and not os.access(probe, os.W_OK | os.X_OK):
+            raise TfdeployError(f"{what} {path}: {probe} is not writable")
 
 
 def run(recipe, opts):
@@ -127,9 +146,11 @@ def _run(recipe, opts, context, stage_list):
     run_dir = context.run_dir
     os.makedirs(run_dir, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
-    atomic_write_text(os.path.join(run_dir, "recipe.yaml"),
-                      yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    atomic_write_json(os.path.join(run_dir, "env.json"), environment(context.strategy_info))
+    if not os.path.exists(os.path.join(run_dir, "recipe.yaml")):  # a resumed run keeps its own
+        atomic_write_text(os.path.join(run_dir, "recipe.yaml"),
+                          yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        atomic_write_json(os.path.join(run_dir, "env.json"),
+                          environment(context.strategy_info))
     records, started = [], time.time()
     model, traits = run_stages(recipe, opts, context, stage_list, records)
     stage_name = stage_list[-1][0].name if stage_list else "input"

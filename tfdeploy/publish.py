@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import uuid
 
 from tfdeploy.errors import TfdeployError
 
@@ -29,8 +30,7 @@ def publish(saved_model_dir, root, name, version=0):
     """Copy ``saved_model_dir`` in as a new version; return the version's path."""
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
-    staging = os.path.join(folder, f".tmp-{os.getpid()}-publish")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
         shutil.copytree(saved_model_dir, staging)
         readable(staging)

@@ -35,12 +35,25 @@ def main(argv):
     elif not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's Python INFO lines are noise by default
         warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+    overrides = list(FLAGS.set)
+    if FLAGS.seed is not None:
+        overrides.append(f"seed={FLAGS.seed}")
+    return execute(argv[1], overrides, verbose=FLAGS.verbosity > 0,
+                   output_dir=FLAGS.output_dir, strategy=FLAGS.strategy,
+                   only=tuple(FLAGS.stages), start_from=FLAGS["from"].value,
+                   resume=FLAGS.resume, dry_run=FLAGS.dry_run)
+
+
+def execute(recipe_path, overrides=(), verbose=False, **options):
+    """Run a recipe as the CLI does; the exit code. Bad input prints one message (no
+    traceback unless ``verbose``): what the CLI and the recipe fuzzer both call."""
     from tfdeploy.errors import TfdeployError
 
     try:
-        return _main(argv[1])
+        _main(recipe_path, overrides, options)
+        return 0
     except TfdeployError as e:
-        if FLAGS.verbosity > 0:  # the cause's traceback, for whoever debugs it
+        if verbose:  # the cause's traceback, for whoever debugs it
             traceback.print_exception(e)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -49,15 +62,12 @@ def main(argv):
         return 130
 
 
-def _main(recipe_path):
+def _main(recipe_path, overrides, options):
     import tfdeploy  # noqa: F401  (pins Keras 2 before TensorFlow loads)
     from tfdeploy.recipe.load import load_tree
     from tfdeploy.recipe.schema import Recipe
     from tfdeploy.recipe.validate import validate
 
-    overrides = list(FLAGS.set)
-    if FLAGS.seed is not None:
-        overrides.append(f"seed={FLAGS.seed}")
     tree, locations = load_tree(recipe_path, overrides)
     recipe = validate(Recipe, tree, locations)
 
@@ -66,11 +76,7 @@ def _main(recipe_path):
     from tfdeploy import pipeline
 
     keras.utils.set_random_seed(recipe.seed)
-    opts = pipeline.Options(output_dir=FLAGS.output_dir, strategy=FLAGS.strategy,
-                            only=tuple(FLAGS.stages), start_from=FLAGS["from"].value,
-                            resume=FLAGS.resume, dry_run=FLAGS.dry_run)
-    pipeline.run(recipe, opts)
-    return 0
+    pipeline.run(recipe, pipeline.Options(**options))
 
 
 def entry():

@@ -75,6 +75,10 @@ class ModelPlugin:
             raise StageError(f"{what} needs a model with {capability.replace('_', ' ')}; "
                              f"model type {self.config.type} has none")
 
+    def check_student_layers(self, layers):
+        """Refuse, before any work, teacher layers a student cannot be built from."""
+        self.require("student_layers", "distill: student_layers (or use student:)")
+
     def student_from(self, teacher, layers):
         self.require("student_layers", "student_layers")
 

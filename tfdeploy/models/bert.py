@@ -11,6 +11,7 @@ weight matrix; the small weightless pieces live in :mod:`tfdeploy.models.bert_la
 """
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Dict, List, Literal, Optional
 
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfdeploy.errors import CheckpointError
+from tfdeploy.errors import CheckpointError, StageError
 from tfdeploy.models import MODELS, ModelPlugin
 from tfdeploy.models import checkpoints
 from tfdeploy.models.bert_layers import (AttentionMaskBias, ClsPooling, MaskedMeanPooling,
@@ -50,12 +51,30 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path):
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not UTF-8 ({e.reason})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
     def validate(self, where):
+        """Types and ranges first (a config.json or recipe may hold anything), then the
+        shape rules."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": (int, float), "str": str}[f.type if isinstance(
+                f.type, str) else f.type.__name__]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise CheckpointError(f"{where}: {f.name} {value!r} is not "
+                                      f"{'an integer' if kind is int else 'a ' + f.type}")
+            if f.type in (int, "int") and not 1 <= value <= 10**7:
+                raise CheckpointError(f"{where}: {f.name} {value} is not in [1, 10000000]")
+            if f.type in (float, "float") and not (math.isfinite(value) and 0 <= value < 1):
+                raise CheckpointError(f"{where}: {f.name} {value} is not in [0, 1)")
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError(f"{where}: hidden_size {self.hidden_size} is not divisible "
                                   f"by num_attention_heads {self.num_attention_heads}")
@@ -288,8 +307,8 @@ def load_checkpoint(name_or_path, layers=None):
     layers = list(range(cfg.num_hidden_layers)) if layers is None else list(layers)
     bad = [i for i in layers if not 0 <= i < cfg.num_hidden_layers]
     if bad:
-        raise CheckpointError(f"checkpoint {name_or_path!r} has {cfg.num_hidden_layers} layers; "
-                              f"cannot take layers {bad}")
+        raise CheckpointError(f"model.layers {layers}: checkpoint {name_or_path!r} has "
+                              f"{cfg.num_hidden_layers} layers; cannot take layers {bad}")
     cfg = dataclasses.replace(cfg, num_hidden_layers=len(layers))
     state = read_state_dict(os.path.join(directory, "model.safetensors"))
     return cfg, state, tokenizer, layers, directory
@@ -381,6 +400,13 @@ class Bert(ModelPlugin):
         return {"input_ids": ids,
                 "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
                 "token_type_ids": tf.zeros_like(ids)}
+
+    def check_student_layers(self, layers):
+        count = self.bert_config.num_hidden_layers
+        bad = [i for i in layers if not 0 <= i < count]
+        if bad or not layers:
+            raise StageError(f"distill: student_layers {layers}: the teacher has {count} "
+                             f"layers (0..{count - 1})")
 
     def student_from(self, teacher, layers):
         """A shallower classifier whose layer i starts as the teacher's ``layers[i]``."""

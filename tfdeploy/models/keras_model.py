@@ -12,13 +12,13 @@ the SavedModel's signature still returns probabilities beside them.
 import dataclasses
 import importlib
 import os
-import re
 from typing import List
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfdeploy import checkpoint
 from tfdeploy.errors import CheckpointError
 from tfdeploy.models import MODELS, ModelPlugin
 from tfdeploy.recipe.fields import ModelConfig, field
@@ -104,7 +104,7 @@ def load(path, where, custom_objects, unsafe):
         raise CheckpointError(f"{where}: expected a .keras or .h5 file or a SavedModel "
                               f"directory")
     if not unsafe and kind != "keras":
-        refuse_lambda(stored_layer_classes(path, kind, where), where)
+        checkpoint.refuse_stored_code(path, where)
     options = {"safe_mode": not unsafe} if kind == "keras" else {}
     try:
         with keras.utils.custom_object_scope(custom_objects):
@@ -116,34 +116,6 @@ def load(path, where, custom_objects, unsafe):
             " (custom layers: list them in model.custom_objects)" if "Unknown" in str(e) \
             else ""
         raise CheckpointError(f"{where}: cannot load the model: {first}{hint}") from None
-
-
-def stored_layer_classes(path, kind, where):
-    """Class names of every layer described in the file, read without building anything."""
-    if kind == "h5":
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                text = f.attrs.get("model_config")
-        except OSError as e:
-            raise CheckpointError(f"{where}: not a readable HDF5 file ({e})") from None
-        if text is None:
-            raise CheckpointError(f"{where}: an HDF5 file without a model config (weights "
-                                  f"only?)")
-        text = text.decode() if isinstance(text, bytes) else text
-    else:
-        with open(os.path.join(path, "keras_metadata.pb"), "rb") as f:
-            text = f.read().decode("utf-8", "replace")
-    return set(re.findall(r'"class_name"\s*:\s*"([^"]+)"', text))
-
-
-def refuse_lambda(names, where):
-    if "Lambda" in names:
-        raise CheckpointError(f"{where}: the model has a Lambda layer, whose stored Python "
-                              f"code would run on loading; rewrite it as a layer class "
-                              f"(custom_objects) or set model.unsafe: true if you trust the "
-                              f"file")
 
 
 def import_classes(specs, where):

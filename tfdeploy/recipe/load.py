@@ -131,6 +131,9 @@ def read_with_bases(path, _seen=()):
     if not isinstance(base, str):
         raise RecipeError([("base", "expected a path to another recipe", locations[("base",)])])
     base_path = os.path.join(os.path.dirname(path), base)
+    if os.path.isdir(base_path):
+        raise RecipeError([("base", f"{base_path} is a folder, not a recipe file",
+                            locations[("base",)])])
     if not os.path.exists(base_path):
         raise RecipeError([("base", f"base recipe not found: {base_path}",
                             locations[("base",)])])

@@ -36,6 +36,10 @@ class Stage:
     # A first stage whose teacher is 'previous' would learn from the untrained model.
     previous_teacher_needs_earlier_stage = False
 
+    def check(self, context):
+        """Refuse, before any work, what this stage cannot do with this model and data
+        (raise StageError naming the field)."""
+
     def planned_traits(self, entering):
         """The traits of this stage's output, as far as they are known before it runs
         (``--dry_run`` shows later stages' choices from them)."""

@@ -69,6 +69,13 @@ class Distill(Stage):
     def teacher_spec(self):
         return self.config.teacher
 
+    def check(self, context):
+        cfg, plugin = self.config, context.plugin
+        if cfg.student_layers is not None:
+            plugin.check_student_layers(cfg.student_layers)
+        else:
+            self.student_config(plugin)
+
     def teacher(self, model, context):
         return load_teacher(self.config.teacher, model, context, "distill")
 
@@ -79,10 +86,19 @@ class Distill(Stage):
             if cfg.student_layers is not None:
                 plugin.require("student_layers", "distill: student_layers (or use student:)")
                 return plugin.student_from(teacher, cfg.student_layers)
-            fields = {**dataclasses.asdict(plugin.config), **cfg.student}
-            from tfdeploy.recipe.validate import validate
-            student_cfg = validate(type(plugin.config), fields, {})
-            return models.create(student_cfg, plugin.num_labels).build()
+            return models.create(self.student_config(plugin), plugin.num_labels).build()
+
+    def student_config(self, plugin):
+        """The student's model config: the teacher's fields with ``student`` on top."""
+        from tfdeploy.errors import RecipeError
+        from tfdeploy.recipe.validate import validate
+
+        fields = {**dataclasses.asdict(plugin.config), **self.config.student}
+        try:
+            return validate(type(plugin.config), fields, {})
+        except RecipeError as e:
+            raise RecipeError([(f"stages.{self.config.name}.student{'.' + p if p else ''}", m, w)
+                               for p, m, w in e.problems]) from None
 
     def run(self, model, context):
         cfg = self.config
