@@ -15,8 +15,29 @@ from test_bert import make_checkpoint
 
 
 def source(**cfg):
+    """A data source that reads every row as training rows (no selection split) unless
+    the test asks for one."""
+    cfg.setdefault("selection_split", 0)
     config = validate(data.DATA.get(cfg["type"]).Config, cfg, {})
     return data.create(config, seed=0)
+
+
+def test_selection_split_is_held_out_of_train_seeded(sst2_dir):
+    full = source(type="sst2", dir=sst2_dir).load()
+    task = source(type="sst2", dir=sst2_dir, selection_split=0.05).load()
+    again = source(type="sst2", dir=sst2_dir, selection_split=0.05).load()
+    assert len(task.selection) == round(67349 * 0.05)
+    assert len(task.train) + len(task.selection) == len(full.train)
+    assert task.validation.examples == full.validation.examples  # dev untouched
+    # the selection rows are training rows, none of them also trained on: as multisets
+    # (SST-2 repeats some phrases), train + selection is exactly the file's rows
+    from collections import Counter
+    assert Counter(task.train.examples) + Counter(task.selection.examples) == Counter(
+        full.train.examples)
+    assert task.selection.examples == again.selection.examples  # seeded
+    other = data.create(validate(data.DATA.get("sst2").Config, {
+        "type": "sst2", "dir": sst2_dir, "selection_split": 0.05}, {}), seed=1).load()
+    assert other.selection.examples != task.selection.examples
 
 
 def test_sst2_real_rows(sst2_dir):

@@ -53,10 +53,6 @@ class TextDataConfig(DataConfig):
     max_length: int = field(128, ge=3, le=512, doc="Tokens per example, [CLS]/[SEP] "
                                                    "included; longer texts are truncated.",
                             unit="tokens")
-    max_train_examples: int = field(0, ge=0, doc="Use only the first N training rows "
-                                                 "(after a seeded shuffle); 0 = all.")
-    max_validation_examples: int = field(0, ge=0, doc="Use only the first N validation "
-                                                      "rows; 0 = all.")
     buckets: List[int] = field(factory=lambda: [16, 32, 64, 128], ge=1, le=512, max_items=64,
                                doc="Padded lengths to bucket batches by (values above "
                                    "max_length are dropped, max_length is added).",

@@ -66,10 +66,6 @@ class FashionMNIST(DataPlugin):
     @dataclasses.dataclass(kw_only=True)
     class Config(DataConfig):
         dir: str = field("/usr/share/datasets/fashion-mnist", doc="Folder with the IDX files.")
-        max_train_examples: int = field(0, ge=0, doc="Use N training images (seeded "
-                                                     "sample); 0 = all 60,000.")
-        max_validation_examples: int = field(0, ge=0, doc="Use the first N test images; "
-                                                          "0 = all 10,000.")
 
     def find(self):
         d = self.config.dir

@@ -27,10 +27,6 @@ class ImageFolders(DataPlugin):
         offset: float = field(0.0, doc="... then this is added (e.g. -1 with scale 1/127.5).")
         class_names: Optional[List[str]] = field(None, doc="Subfolders in label-id order; "
                                                            "null = sorted folder names.")
-        max_train_examples: int = field(0, ge=0, doc="Use N training images (seeded "
-                                                     "sample); 0 = all.")
-        max_validation_examples: int = field(0, ge=0, doc="Use the first N validation "
-                                                          "images; 0 = all.")
 
         def check(self):
             if len(self.image_size) != 2 or min(self.image_size) < 1:

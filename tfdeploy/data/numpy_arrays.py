@@ -22,10 +22,6 @@ class NumpyArrays(DataPlugin):
         y: str = field("y", doc="Name of the integer label array in each .npz.")
         label_names: List[str] = field(factory=list, doc="Class names in label-id order; "
                                                          "empty = 0 .. max label.")
-        max_train_examples: int = field(0, ge=0, doc="Use N training rows (seeded sample); "
-                                                     "0 = all.")
-        max_validation_examples: int = field(0, ge=0, doc="Use the first N validation rows; "
-                                                          "0 = all.")
 
     def files(self):
         return [self.config.train, self.config.validation]

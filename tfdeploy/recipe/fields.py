@@ -80,6 +80,10 @@ class ModelConfig(PluginConfig):
 @dataclasses.dataclass(kw_only=True)
 class DataConfig(PluginConfig):
     type: str = field(doc="Data source type, e.g. sst2, text.")
+    max_train_examples: int = field(0, ge=0, doc="Use only N training rows (a seeded "
+                                                 "sample); 0 = all.")
+    max_validation_examples: int = field(0, ge=0, doc="Use only the first N validation "
+                                                      "rows; 0 = all.")
     selection_split: float = field(
         0.05, ge=0, lt=0.5, doc="Share of the training rows held out (seeded) as the "
                                 "selection split: keep_best, early stopping and the "
