@@ -265,3 +265,24 @@ def test_exporter_failure_is_one_line_and_keeps_finished_artifacts(small_run, tm
     proc = run_cli(str(recipe), f"--output_dir={runs}", f"--set=export.dir={exports}",
                    "--set=export.formats=[onnx_fp32]", "--resume", "--verbosity=1", env=env)
     assert proc.returncode == 4 and "Traceback" in proc.stderr
+
+
+def test_stage_subset_converts_by_what_ran(small_run, tmp_path):
+    """`--stages train` on a recipe whose later stage is qat: the model that reaches the
+    exporter never had QAT, so tflite_int8 is calibrated full int8 (int8 activations into
+    the matmuls), not a QAT conversion of a float model (which would leave them float)."""
+    recipe, _, _ = small_run
+    proc = run_cli(str(recipe), f"--output_dir={tmp_path / 'runs'}",
+                   f"--set=export.dir={tmp_path / 'sm'}",
+                   "--set=stages=[{type: train, steps: 4}, {type: qat, steps: 2}]",
+                   "--stages=train", "--set=export.formats=[tflite_int8]",
+                   "--set=benchmark.enabled=false", "--set=export.int8_fallback=off")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs" / "small").iterdir()
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    assert records[0]["traits"]["quantization_aware"] == ""
+    interp = tflite.interpreter(str(run_dir / "artifacts" / "small.tflite_int8.tflite"))
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    fc_inputs = {dtypes[op["inputs"][0]] for op in interp._get_ops_details()
+                 if op["op_name"] == "FULLY_CONNECTED"}
+    assert np.int8 in fc_inputs

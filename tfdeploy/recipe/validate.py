@@ -108,6 +108,10 @@ class Validator:
 
     def parse_override(self, tp, text):
         base = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+        choices = [c for b in base if typing.get_origin(b) is typing.Literal
+                   for c in typing.get_args(b)]
+        if str(text) in choices:  # `--set export.int8_fallback=off`: YAML would say False
+            return str(text)
         if str in base and text.lower() not in ("null", "none", "~"):
             return str(text)
         for number in (int, float):  # YAML 1.1 reads "3e-5" as text; Python does not
