@@ -131,3 +131,10 @@ def test_fashion_mnist_idx():
     assert task.train.examples.shape == (60000, 28, 28) and len(task.validation) == 10000
     assert np.bincount(task.validation.labels).tolist() == [1000] * 10
     assert task.label_names[0] == "t-shirt"
+
+
+def test_one_row_data_is_refused(tmp_path):
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\ngood,pos\n")
+    with pytest.raises(DataError, match="1 training"):
+        source(type="text", train=str(one), validation=str(one)).load()

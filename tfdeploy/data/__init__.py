@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, Registry, field, import_submodules
 
 DATA = Registry("data")
@@ -77,6 +78,10 @@ class DataPlugin:
         ``selection_split`` of the training rows out as the selection split."""
         cfg = self.config
         train = task.train
+        if len(train) < 2 or not len(task.validation):
+            raise DataError(f"data ({cfg.type}): {len(train)} training and "
+                            f"{len(task.validation)} validation rows; training needs at least "
+                            f"2 and evaluation at least 1")
         if cfg.max_train_examples and cfg.max_train_examples < len(train):
             order = np.random.default_rng(self.seed).permutation(len(train))
             train = train.subset(order[:cfg.max_train_examples])
