@@ -312,3 +312,61 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path):
     assert [n for n in names if n.isdigit()] == [str(i) for i in range(1, 7)]
     assert oct(os.stat(results[0]).st_mode & 0o777) == "0o755"
     assert oct(os.stat(os.path.join(results[0], "saved_model.pb")).st_mode & 0o777) == "0o644"
+
+
+def run_until(args, marker, extra_seconds=0.0):
+    """Start the CLI, kill -9 it once ``marker`` appears in its output (plus a moment);
+    return the output so far. Bounded: 300 s."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "tfdeploy.run", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen, deadline = [], time.time() + 300
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                time.sleep(extra_seconds)
+                break
+            assert time.time() < deadline, "".join(seen[-20:])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert any(marker in l for l in seen), "".join(seen[-20:])
+    return "".join(seen)
+
+
+def published_versions(exports):
+    folder = exports / "tiny"
+    return sorted(p.name for p in folder.iterdir() if p.name.isdigit()) if folder.exists() \
+        else []
+
+
+@pytest.mark.parametrize("marker,wait", [
+    ("stage train (train): running", 3.0),     # in training
+    ("stage train: validation accuracy", 0.0),  # between stages
+    ("export savedmodel:", 0.0),                # during export (tflite next)
+    ("export tflite_fp32:", 0.0),               # before publishing
+])
+def test_kill_and_resume(fuzz_base, tmp_path, marker, wait):
+    """kill -9 at a point of the run, then --resume: it finishes; nothing unevaluated was
+    ever published; no partial file is left in the run."""
+    out, exports = tmp_path / "runs", tmp_path / "exports"
+    args = [str(fuzz_base / "tiny.yaml"), f"--output_dir={out}", f"--set=export.dir={exports}",
+            "--set=stages=[{type: train, steps: 30, evals: 3}, {type: train, name: again, "
+            "steps: 4}]", "--set=export.formats=[savedmodel, tflite_fp32, tflite_dynamic_int8]"]
+    run_until(args, marker, wait)
+    assert published_versions(exports) == []  # killed before its gates: nothing published
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert published_versions(exports) == ["1"]
+    (run_dir,) = (out / "tiny").iterdir()  # the killed run was continued, not duplicated
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    assert [r["artifact"] for r in records] == ["keras", "keras", "savedmodel", "tflite_fp32",
+                                                "tflite_dynamic_int8"]
+    assert not [p for p in run_dir.rglob(".tmp*")]
+    assert not [p for p in (exports / "tiny").iterdir() if p.name.startswith(".tmp")]
