@@ -370,3 +370,20 @@ def test_kill_and_resume(fuzz_base, tmp_path, marker, wait):
                                                 "tflite_dynamic_int8"]
     assert not [p for p in run_dir.rglob(".tmp*")]
     assert not [p for p in (exports / "tiny").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_second_run_of_a_training_stage_is_refused_while_the_first_holds_it(fuzz_base,
+                                                                             tmp_path):
+    import fcntl
+
+    recipe = load_recipe(str(fuzz_base / "tiny.yaml"), [f"output.dir={tmp_path}"])
+    context, _ = pipeline.prepare(recipe, pipeline.Options())
+    context.backup_dir = str(tmp_path / ".backups" / "tiny-x-r1")
+    os.makedirs(tmp_path / ".backups")
+    with open(context.backup_dir + ".lock", "a") as other:  # the first run, training
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(pipeline.TfdeployError, match="another run is training"):
+            with pipeline.backup_lock(context):
+                pass
+    with pipeline.backup_lock(context):  # free again
+        pass

@@ -4,7 +4,9 @@ Each stage's output is keyed by a hash of its config and its input's hash. With
 ``--resume`` a finished stage whose hash is unchanged is loaded instead of rerun; the
 first changed or unfinished stage and everything after it run again.
 """
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -295,7 +297,8 @@ def run_stage(stage, cfg, model, context, digest):
     print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
     context.stage_started = time.time()
     try:
-        result = stage.run(model, context)
+        with backup_lock(context):
+            result = stage.run(model, context)
     except (ValueError, TypeError) as e:
         # TFMOT/Keras reject unsupported layers with ValueError; name the stage.
         if isinstance(e, TfdeployError):
@@ -307,6 +310,29 @@ def run_stage(stage, cfg, model, context, digest):
     if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
         remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)
     return result
+
+
+@contextlib.contextmanager
+def backup_lock(context):
+    """The chief holds an exclusive lock on the stage's backup folder while it trains: two
+    runs of the same stage config in one output directory would share (and corrupt) one
+    backup. The workers of one multi-worker run share it on purpose and take no lock."""
+    if not context.is_chief:
+        yield
+        return
+    os.makedirs(os.path.dirname(context.backup_dir), exist_ok=True)
+    with open(context.backup_dir + ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TfdeployError(f"another run is training this stage now (its backup "
+                                f"{context.backup_dir} is locked); wait for it, or use "
+                                f"another --output_dir") from None
+        try:
+            yield
+            os.unlink(handle.name)  # finished: the backup goes too, leave nothing
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remove_empty_dirs(path, levels):
