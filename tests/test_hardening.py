@@ -370,6 +370,9 @@ def test_kill_and_resume(fuzz_base, tmp_path, marker, wait):
                                                 "tflite_dynamic_int8"]
     assert not [p for p in run_dir.rglob(".tmp*")]
     assert not [p for p in (exports / "tiny").iterdir() if p.name.startswith(".tmp")]
+    # the history has every evaluation period, also those before the kill
+    history = json.loads((run_dir / "0-train" / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 3 and 0 <= history["best_epoch"] < 3
 
 
 def test_second_run_of_a_training_stage_is_refused_while_the_first_holds_it(fuzz_base,

@@ -30,6 +30,7 @@ from tfdeploy.recipe.schema import to_dict
 from tfdeploy.stages.teacher import check_teachers
 from tfdeploy.cache import STAGE_DONE, find_cached, is_finished
 from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment,
+                             remove_temp_files,
                              new_run_id, recipe_runs)
 
 
@@ -147,6 +148,7 @@ def run(recipe, opts):
 def _run(recipe, opts, context, stage_list):
     run_dir = context.run_dir
     os.makedirs(run_dir, exist_ok=True)
+    remove_temp_files(run_dir)  # what a killed run was writing when it died
     print(f"run directory: {run_dir}", flush=True)
     if not os.path.exists(os.path.join(run_dir, "recipe.yaml")):  # a resumed run keeps its own
         atomic_write_text(os.path.join(run_dir, "recipe.yaml"),

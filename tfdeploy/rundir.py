@@ -51,6 +51,19 @@ def atomic_dir(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_temp_files(root):
+    """Delete what killed atomic writes left under ``root`` (``.tmp-*`` files and
+    folders: never renamed into place, so nothing trusts them)."""
+    for folder, dirs, files in os.walk(root):
+        for name in [d for d in dirs if d.startswith(".tmp-")]:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            dirs.remove(name)
+        for name in files:
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
 def fingerprint(*parts):
     """Stable hash of JSON-able parts (configs, upstream hashes)."""
     text = json.dumps(parts, sort_keys=True, default=str)

@@ -96,21 +96,73 @@ def make_optimizer(cfg: FitConfig, total_steps):
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Remember the weights with the best ``val_accuracy`` and restore them at the end."""
+    """Remember the weights with the best ``val_accuracy`` and restore them at the end.
+    With a ``store`` folder (the stage's backup) they survive a kill: a resumed stage still
+    chooses among all its evaluations, not only those after the restart."""
 
-    def __init__(self, monitor="val_accuracy"):
+    def __init__(self, monitor="val_accuracy", store=None, write=True, resuming=False):
         super().__init__()
         self.monitor, self.best, self.weights, self.best_epoch = monitor, -np.inf, None, None
+        self.store, self.write, self.resuming = store, write, resuming
+
+    def on_train_begin(self, logs=None):
+        meta = os.path.join(self.store or "", "best.json")
+        # only what belongs to the backup being resumed (a fresh start ignores old files)
+        if self.store and self.resuming and os.path.exists(meta):
+            with open(meta) as f:
+                saved = json.load(f)
+            with np.load(os.path.join(self.store, "best.npz"), allow_pickle=False) as f:
+                self.weights = [f[f"w{i}"] for i in range(len(f.files))]
+            self.best, self.best_epoch = saved["best"], saved["best_epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is not None and value > self.best:
             self.best, self.best_epoch = value, epoch
             self.weights = self.model.get_weights()
+            if self.store and self.write:
+                self.save()
+
+    def save(self):
+        from tfdeploy.rundir import atomic_write_json
+
+        os.makedirs(self.store, exist_ok=True)
+        tmp = os.path.join(self.store, ".tmp-best.npz")
+        np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.weights)})
+        os.replace(tmp, os.path.join(self.store, "best.npz"))
+        atomic_write_json(os.path.join(self.store, "best.json"),
+                          {"best": float(self.best), "best_epoch": self.best_epoch})
 
     def on_train_end(self, logs=None):
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class PeriodLog(keras.callbacks.Callback):
+    """Every evaluation period's logs, kept in ``store`` (the stage's backup) so the
+    history of a resumed stage has the periods from before the kill too."""
+
+    def __init__(self, store, write=True, resuming=False):
+        super().__init__()
+        self.path, self.write, self.periods = os.path.join(store, "periods.json"), write, []
+        self.resuming = resuming
+
+    def on_train_begin(self, logs=None):
+        if self.resuming and os.path.exists(self.path):
+            with open(self.path) as f:
+                self.periods = json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.periods = [p for p in self.periods if p["epoch"] < epoch]
+        self.periods.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        if self.write:
+            from tfdeploy.rundir import atomic_write_json
+
+            atomic_write_json(self.path, self.periods)
+
+    def history(self):
+        keys = [k for k in self.periods[0] if k != "epoch"] if self.periods else []
+        return {k: [p.get(k) for p in self.periods] for k in keys}
 
 
 def compile_for_classification(model, optimizer, context):
@@ -139,19 +191,24 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     if selection is None and cfg.early_stopping:
         raise StageError("early_stopping needs a selection split (data.selection_split > 0): "
                          "the reported validation split never chooses")
-    keep = KeepBest() if cfg.keep_best and selection is not None else None
-    if cfg.early_stopping:
-        extra.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
-                                                   mode="max"))
-    if keep:
-        extra.append(keep)
     # Backups make a killed stage resume at its last evaluation, not from scratch.
+    backup, found = None, None
     if not isinstance(context.strategy, tf.distribute.OneDeviceStrategy):  # unsupported there
         backup = context.backup_path()
         found = tf.train.latest_checkpoint(os.path.join(backup, "chief"))
         if found:
             print(f"  resuming from backup {found}", flush=True)
         extra.append(keras.callbacks.BackupAndRestore(backup))
+    keep = KeepBest(store=backup, write=context.is_chief, resuming=found is not None) \
+        if cfg.keep_best and selection is not None else None
+    if cfg.early_stopping:
+        extra.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
+                                                   mode="max"))
+    if keep:
+        extra.append(keep)
+    period_log = PeriodLog(backup, context.is_chief, found is not None) if backup else None
+    if period_log:
+        extra.append(period_log)
     if context.recipe.output.tensorboard:
         extra.append(keras.callbacks.TensorBoard(context.path("tensorboard"),
                                                  update_freq=max(1, per_period // 10)))
@@ -160,7 +217,8 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
                         steps_per_epoch=per_period, validation_data=selection,
                         callbacks=extra, verbose=1 if sys.stdout.isatty() else 2)
-    record = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    record = period_log.history() if period_log and period_log.periods else {
+        k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,
                   best_epoch=None if keep is None else keep.best_epoch)
     if context.is_chief:
