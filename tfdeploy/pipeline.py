@@ -71,6 +71,7 @@ def prepare(recipe, opts):
                       run_dir="",
                       is_chief=strategies.is_chief(strategy), data_files=data_files)
     stage_list = [(s, stages.create(s)) for s in chosen]
+    plugin.check_trainable([s.name for s in chosen])
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)
     for cfg, stage in stage_list:
@@ -97,7 +98,10 @@ def preflight(context, stage_list):
         print(f"stage {cfg.name} ({cfg.type}):")
         for layer, action in stage.preflight(model, context):
             print(f"  {layer:40s} {action}")
+        for layer, why in stage.wrap_problems(model, context):
+            print(f"  {layer:40s} cannot wrap: {why}")
         context.traits = stage.planned_traits(context.traits)
+    stages.check_wrappable(stage_list, model, context)
     return model
 
 
@@ -132,12 +136,15 @@ def run(recipe, opts):
         preflight(context, stage_list)
         print("dry run: nothing trained or written")
         return None
+    with context.strategy.scope():
+        model = context.plugin.build()
+    stages.check_wrappable(stage_list, model, context)  # before anything is written
     run_dir, _ = choose_run_dir(recipe, opts)
     if not context.is_chief:  # workers train in step with the chief but keep nothing
         run_dir = tempfile.mkdtemp(prefix="tfdeploy-worker-")
     context.run_dir = run_dir
     try:
-        summary = _run(recipe, opts, context, stage_list)
+        summary = _run(recipe, opts, context, stage_list, model)
         strategies.barrier(context.strategy)
         return summary
     finally:
@@ -145,7 +152,7 @@ def run(recipe, opts):
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _run(recipe, opts, context, stage_list):
+def _run(recipe, opts, context, stage_list, model):
     run_dir = context.run_dir
     os.makedirs(run_dir, exist_ok=True)
     remove_temp_files(run_dir)  # what a killed run was writing when it died
@@ -156,7 +163,7 @@ def _run(recipe, opts, context, stage_list):
         atomic_write_json(os.path.join(run_dir, "env.json"),
                           environment(context.strategy_info))
     records, started = [], time.time()
-    model, traits = run_stages(recipe, opts, context, stage_list, records)
+    model, traits = run_stages(recipe, opts, context, stage_list, model, records)
     stage_name = stage_list[-1][0].name if stage_list else "input"
     failure, problems, published = None, [], None
     try:
@@ -180,11 +187,10 @@ def _run(recipe, opts, context, stage_list):
     return summary
 
 
-def run_stages(recipe, opts, context, stage_list, records):
-    """Run (or load from the cache) each stage in turn; the last model and its traits."""
+def run_stages(recipe, opts, context, stage_list, model, records):
+    """Run (or load from the cache) each stage in turn from the starting ``model``; the
+    last model and its traits."""
     keys = cache.stage_keys(recipe, context, stage_list)
-    with context.strategy.scope():
-        model = context.plugin.build()
     # Stage models later stages name as their teacher; only those stay in memory.
     teachers = {stage.teacher_spec() for _, stage in stage_list}
     reached_start = not opts.start_from

@@ -78,6 +78,27 @@ def chosen(model, cfg: LayerSelection, stage, extra_check=None):
     return names
 
 
+def wrap_problems(model, names):
+    """[(layer, why TFMOT cannot wrap it)] for the layers ``names`` a stage wraps. TFMOT
+    clones the model layer by layer and builds each wrapper from its layer's output shape."""
+    from tf_keras.src.engine.functional import Functional  # Sequential is one too
+
+    if not isinstance(model, Functional):
+        return [(model.name, f"a subclassed model ({type(model).__name__}): TFMOT rebuilds "
+                             f"models layer by layer, which needs a functional or "
+                             f"Sequential model")]
+    out = []
+    for name in names:
+        layer = model.get_layer(name)
+        try:
+            layer.compute_output_shape(layer.input_shape)
+        except NotImplementedError:
+            out.append((name, f"a {type(layer).__name__} (a TF op or function called on Keras "
+                              f"tensors) has no static output shape for TFMOT's wrapper; "
+                              f"write it as a Keras layer (e.g. keras.layers.ReLU)"))
+    return out
+
+
 def sparsity_report(model, names):
     """Measured zeros per layer (main weight) and overall, from the actual weights."""
     layers, zeros, total = {}, 0, 0

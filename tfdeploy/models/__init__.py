@@ -32,6 +32,7 @@ class ModelPlugin:
     Config = ModelConfig
     sequence_input = False       # batches bucketed by length (token ids)
     capabilities = frozenset()
+    trainable = True             # False: a graph without layers, post-training path only
 
     def __init__(self, config, num_labels):
         self.config, self.num_labels = config, num_labels
@@ -68,6 +69,14 @@ class ModelPlugin:
     def onnx_rewrite(self, proto):
         """The converted ONNX graph, rewritten for ONNX Runtime (fusions); default as is."""
         return proto
+
+    def check_trainable(self, stage_names):
+        """Refuse, before any work, stages for a model nothing can train or wrap."""
+        if stage_names and not self.trainable:
+            raise StageError(f"stages {', '.join(stage_names)}: the model is a graph "
+                             f"without Keras layers, which no stage can train or "
+                             f"wrap; it takes the post-training path only (stages: [] with "
+                             f"export formats)")
 
     def require(self, capability, what):
         """Refuse ``what`` clearly when this model type lacks ``capability``."""

@@ -1,5 +1,6 @@
 """`type: keras`: the user's own trained tf-keras model, from ``.keras``, ``.h5`` or a
-Keras SavedModel directory.
+Keras SavedModel directory, or any SavedModel with a serving signature (Keras 3's
+``model.export()``, a TF graph): that one is post-training only (``graph_model``).
 
 Loading never runs code from the file unless the recipe says ``unsafe: true``: ``.keras``
 loads with Keras' ``safe_mode``; ``.h5`` and SavedModel files are read first and refused
@@ -20,7 +21,7 @@ import tf_keras as keras
 
 from tfdeploy import checkpoint
 from tfdeploy.errors import CheckpointError
-from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.models import MODELS, ModelPlugin, graph_model
 from tfdeploy.recipe.fields import ModelConfig, field
 
 SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -30,13 +31,17 @@ SUFFIXES = (".keras", ".h5", ".hdf5")
 class KerasModel(ModelPlugin):
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
-        path: str = field(doc="The trained tf-keras model: a .keras or .h5 file, or a Keras "
-                              "SavedModel directory.")
+        path: str = field(doc="The trained tf-keras model: a .keras or .h5 file, or a "
+                              "SavedModel directory (a non-Keras one: export stages only).")
         custom_objects: List[str] = field(factory=list, doc="Custom layer classes as "
                                                             "module.Class; imported (their "
                                                             "code runs) because listed here.")
         unsafe: bool = field(False, doc="Allow Lambda layers and other code stored in the "
                                         "file. Only for files you trust.")
+        signature: str = field("serving_default", doc="For a SavedModel that is not a "
+                                                      "tf-keras model: the signature to run.")
+        output: str = field("", doc="For such a SavedModel: the signature output holding "
+                                    "one value per class, when it has several.")
 
         def check(self):
             for i, spec in enumerate(self.custom_objects):
@@ -60,8 +65,17 @@ class KerasModel(ModelPlugin):
         self.input_shape = tuple(tensor.shape[1:])
         self.input_dtype = tensor.dtype
 
+    @property
+    def trainable(self):
+        """A SavedModel without Keras metadata is a graph: nothing can train it."""
+        return not is_graph(self.config.path)
+
     def build(self):
-        model = load(self.config.path, self._where, self.custom_objects(), self.config.unsafe)
+        cfg = self.config
+        if is_graph(cfg.path):
+            return graph_model.load(cfg.path, self._where, cfg.signature, cfg.output,
+                                    self.num_labels)
+        model = load(cfg.path, self._where, self.custom_objects(), cfg.unsafe)
         return without_softmax(model)
 
     def custom_objects(self):
@@ -87,17 +101,16 @@ class KerasModel(ModelPlugin):
         return {self.input_name: rng.random(shape).astype(self.input_dtype.as_numpy_dtype)}
 
 
+def is_graph(path):
+    return os.path.isdir(path) and not os.path.exists(os.path.join(path, "keras_metadata.pb"))
+
+
 def load(path, where, custom_objects, unsafe):
     """The model in ``path``, refusing stored code unless ``unsafe``."""
     if not os.path.exists(path):
         raise CheckpointError(f"{where}: no such file or directory")
     if os.path.isdir(path):
         kind = "SavedModel"
-        if not os.path.exists(os.path.join(path, "keras_metadata.pb")):
-            raise CheckpointError(
-                f"{where}: a SavedModel without Keras metadata (e.g. Keras 3's "
-                f"model.export() or a plain TF graph) is not a tf-keras model; type keras "
-                f"loads tf-keras models saved with model.save()")
     elif path.endswith(SUFFIXES):
         kind = "keras" if path.endswith(".keras") else "h5"
     else:

@@ -9,7 +9,7 @@ model in ``context.traits``; the stage compiles and trains inside that scope too
 """
 import tf_keras as keras
 
-from tfdeploy.errors import TfdeployError
+from tfdeploy.errors import StageError, TfdeployError
 from tfdeploy.recipe.fields import Registry, StageConfig, import_submodules
 
 STAGES = Registry("stage")
@@ -32,6 +32,17 @@ class Stage:
     def preflight(self, model, context):
         """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
         return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]
+
+    def wrapped_layers(self, model, context):
+        """Names of the layers this stage wraps with TFMOT (none: it only trains)."""
+        return []
+
+    def wrap_problems(self, model, context):
+        """[(layer, why TFMOT cannot wrap it)] for the layers this stage would wrap."""
+        from tfdeploy.selection import wrap_problems
+
+        names = self.wrapped_layers(model, context)
+        return wrap_problems(model, names) if names else []
 
     # A first stage whose teacher is 'previous' would learn from the untrained model.
     previous_teacher_needs_earlier_stage = False
@@ -71,6 +82,16 @@ def all_load_scopes():
 
 def create(config):
     return STAGES.get(config.type)(config)
+
+
+def check_wrappable(stage_list, model, context):
+    """Refuse, before any training, stages that would wrap layers TFMOT cannot wrap (each
+    one named, with why); stages that only train, and the exports, still work."""
+    refused = [f"stage {cfg.name} ({cfg.type}): {layer}: {why}"
+               for cfg, stage in stage_list
+               for layer, why in stage.wrap_problems(model, context)]
+    if refused:
+        raise StageError("TFMOT cannot wrap these layers:\n  " + "\n  ".join(refused))
 
 
 def check_strategy(stage_list, strategy_info):

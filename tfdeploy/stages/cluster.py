@@ -44,6 +44,9 @@ class Cluster(Stage):
         return [(l.name, f"cluster to {n} values" if ok else reason)
                 for l, ok, reason in plan(model, self.config)]
 
+    def wrapped_layers(self, model, context):
+        return [l.name for l, ok, _ in plan(model, self.config) if ok]
+
     def run(self, model, context):
         cfg = self.config
         names = chosen(model, cfg, "cluster")

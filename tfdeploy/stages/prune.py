@@ -166,6 +166,9 @@ class Prune(Stage):
             out.append((layer.name, what if chosen else reason))
         return out
 
+    def wrapped_layers(self, model, context):
+        return [l.name for l, ok, _ in plan(model, self.config, self._cannot) if ok]
+
     def chosen(self, model):
         rows = plan(model, self.config, self._cannot)
         bad = [f"{l.name}: {r}" for l, ok, r in rows if r.startswith("m_by_n")]

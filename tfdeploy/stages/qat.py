@@ -265,6 +265,10 @@ class QAT(Stage):
                 for l, ok, reason in plan(model, self.config)] + [
             ("(LayerNorm, softmax, GELU)", "stay float: no int8 config keeps their accuracy")]
 
+    def wrapped_layers(self, model, context):
+        names = [l.name for l, ok, _ in plan(model, self.config) if ok]
+        return names + sorted(feeders(model, names))  # feeders get an output quantizer
+
     def teacher_spec(self):
         return self.config.teacher if self.config.alpha < 1 else None
 
