@@ -21,6 +21,7 @@ from tfdeploy import (cache, checkpoint, evaluate, models, publish, report, stag
 # must not hand it a newer module half way.
 from tfdeploy import bench, deliver, export  # noqa: F401
 from tfdeploy.export import onnx as _onnx, savedmodel as _savedmodel, tflite as _tflite  # noqa
+from tfdeploy.serve import bundle, config as serve_config
 from tfdeploy.traits import Traits
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
@@ -265,7 +266,13 @@ def publish_if_passed(recipe, context, artifacts, problems, records):
         return None
     if problems:
         return None
-    target = publish.publish(saved.path, recipe.export.dir, recipe.name, recipe.export.version)
+    keras_records = [r for r in records if r["artifact"] == "keras"]
+    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    manifest, files = bundle.manifest(recipe, context.plugin, context.task.label_names,
+                                      records, baseline)
+    target = publish.publish(saved.path, recipe.export.dir, recipe.name, recipe.export.version,
+                             add=lambda staging: bundle.write(staging, manifest, files))
+    serve_config.write_all(recipe.export.dir, recipe)
     for rec in records:
         if rec["artifact"] == "savedmodel" and rec.get("path") == saved.path:
             rec["published"] = target

@@ -26,13 +26,16 @@ def locked(folder):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def publish(saved_model_dir, root, name, version=0):
-    """Copy ``saved_model_dir`` in as a new version; return the version's path."""
+def publish(saved_model_dir, root, name, version=0, add=None):
+    """Copy ``saved_model_dir`` in as a new version; return the version's path. ``add``
+    (a function of the staging folder) puts more files in before it appears."""
     folder = os.path.join(root, name)
     os.makedirs(folder, exist_ok=True)
     staging = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
     try:
         shutil.copytree(saved_model_dir, staging)
+        if add:
+            add(staging)
         readable(staging)
         with locked(folder):
             remove_stale(folder)

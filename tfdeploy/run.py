@@ -24,6 +24,9 @@ flags.DEFINE_bool("resume", False, "Continue the latest run of this recipe: fini
 flags.DEFINE_bool("dry_run", False, "Validate, print the resolved recipe and a preflight "
                                     "(model, data, layers each stage touches); train nothing.")
 flags.DEFINE_integer("seed", None, "Override the recipe's seed.")
+flags.DEFINE_bool("serve", False, "When the run has published a version, serve it as the "
+                                  "recipe's serve: section says (tfdeploy.serve) until "
+                                  "SIGTERM or Ctrl-C.")
 
 
 def main(argv):
@@ -41,7 +44,7 @@ def main(argv):
     return execute(argv[1], overrides, verbose=FLAGS.verbosity > 0,
                    output_dir=FLAGS.output_dir, strategy=FLAGS.strategy,
                    only=tuple(FLAGS.stages), start_from=FLAGS["from"].value,
-                   resume=FLAGS.resume, dry_run=FLAGS.dry_run)
+                   resume=FLAGS.resume, dry_run=FLAGS.dry_run, serve=FLAGS.serve)
 
 
 def execute(recipe_path, overrides=(), verbose=False, **options):
@@ -63,6 +66,7 @@ def execute(recipe_path, overrides=(), verbose=False, **options):
 
 
 def _main(recipe_path, overrides, options):
+    serve = options.pop("serve", False)
     import tfdeploy  # noqa: F401  (pins Keras 2 before TensorFlow loads)
     from tfdeploy.recipe.load import load_tree
     from tfdeploy.recipe.schema import Recipe
@@ -76,7 +80,11 @@ def _main(recipe_path, overrides, options):
     from tfdeploy import pipeline
 
     keras.utils.set_random_seed(recipe.seed)
-    pipeline.run(recipe, pipeline.Options(**options))
+    summary = pipeline.run(recipe, pipeline.Options(**options))
+    if serve and summary is not None:
+        from tfdeploy.serve import server
+
+        server.run(server.settings_for_recipe(recipe))
 
 
 def entry():

@@ -78,6 +78,12 @@ class ModelPlugin:
                              f"wrap; it takes the post-training path only (stages: [] with "
                              f"export formats)")
 
+    def serving_text(self):
+        """How a server turns raw text into this model's inputs, or None (not a text model):
+        ``{"tokenizer": "wordpiece", "lowercase": bool, "pad_id": int, "inputs": {input
+        name: "ids" | "mask" | "zeros"}, "files": {bundle file name: path}}``."""
+        return None
+
     def require(self, capability, what):
         """Refuse ``what`` clearly when this model type lacks ``capability``."""
         if capability not in self.capabilities:

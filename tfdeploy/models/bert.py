@@ -401,6 +401,13 @@ class Bert(ModelPlugin):
                 "attention_mask": tf.cast(tf.not_equal(ids, self.tokenizer.pad_id), tf.int32),
                 "token_type_ids": tf.zeros_like(ids)}
 
+    def serving_text(self):
+        tok = self.tokenizer
+        return {"tokenizer": "wordpiece", "lowercase": tok.lowercase, "pad_id": tok.pad_id,
+                "inputs": {"input_ids": "ids", "attention_mask": "mask",
+                           "token_type_ids": "zeros"},
+                "files": {"vocab": tok.vocab_path}}
+
     def check_student_layers(self, layers):
         count = self.bert_config.num_hidden_layers
         bad = [i for i in layers if not 0 <= i < count]

@@ -10,6 +10,7 @@ import tfdeploy.data  # noqa: F401  (fills the data registry)
 import tfdeploy.models  # noqa: F401  (fills the model registry)
 import tfdeploy.stages  # noqa: F401  (fills the stage registry)
 from tfdeploy.export import FORMATS
+from tfdeploy.serve.config import Serve
 from tfdeploy.recipe.fields import NAME_PATTERN, DataConfig, ModelConfig, StageConfig, field
 
 
@@ -111,6 +112,8 @@ class Recipe:
     evaluate: Evaluate = field(factory=Evaluate, doc="Evaluation after every stage.")
     benchmark: Benchmark = field(factory=Benchmark, doc="Latency/size benchmarks.")
     output: Output = field(factory=Output, doc="Where run directories go.")
+    serve: Serve = field(factory=Serve, doc="How tfdeploy.serve (and run --serve) serves "
+                                            "the published versions.")
     seed: int = field(0, ge=0, le=2**32 - 1, doc="Seed for data order, initialisation and dropout.")
 
     def __post_init__(self):

@@ -1,0 +1,145 @@
+"""The serving operations both front ends (REST and gRPC) call: status, metadata, predict
+and classify, on numpy inputs checked against the signature."""
+import numpy as np
+
+from tfdeploy.serve.manager import NotFound
+from tfdeploy.serve.servable import DEFAULT, OUTPUTS, TEXT, RequestError
+
+MAX_TEXT_CHARS = 100_000
+
+
+def status(manager, name, version=None):
+    """[(version, state, error)] of a model (one version when given)."""
+    model = manager.model(name)
+    versions = sorted(model.versions.items(), reverse=True)
+    if version is not None:
+        versions = [(n, v) for n, v in versions if n == version]
+        if not versions:
+            raise NotFound(f"Could not find version {version} of model {name}")
+    if not versions:
+        raise NotFound(f"Could not find any versions of model {name}")
+    return [(n, v.state, v.error) for n, v in versions]
+
+
+def signature(servable, name):
+    name = name or DEFAULT
+    if name not in servable.signatures:
+        raise NotFound(f"Serving signature name: \"{name}\" not found in signature def "
+                       f"(it has: {', '.join(servable.signatures)})")
+    return name, servable.signatures[name]
+
+
+def metadata(servable):
+    """{signature: {"inputs": {name: (dtype name, shape)}, "outputs": {...}, "method"}}."""
+    out = {}
+    labels = len(servable.labels or []) or None
+    outputs = {"logits": ("DT_FLOAT", (None, labels)),
+               "probabilities": ("DT_FLOAT", (None, labels)),
+               "label_id": ("DT_INT32", (None,))}
+    for name, sig in servable.signatures.items():
+        inputs = {k: (dtype_name(dtype), shape) for k, (dtype, shape) in sig.inputs.items()}
+        out[name] = {"inputs": inputs, "outputs": outputs, "method": sig.method}
+    return out
+
+
+def dtype_name(dtype):
+    return {np.int32: "DT_INT32", np.int64: "DT_INT64", np.float32: "DT_FLOAT",
+            np.float64: "DT_DOUBLE", np.object_: "DT_STRING", np.uint8: "DT_UINT8"}.get(
+        np.dtype(dtype).type, f"DT_{np.dtype(dtype).name.upper()}")
+
+
+def to_rows(servable, sig_name, inputs):
+    """Request inputs ({name: array-like}) -> the list of input dicts the runner takes,
+    checked against the signature: names, dtypes, ranks, fixed dims, equal row counts."""
+    sig = servable.signatures[sig_name]
+    missing = sorted(set(sig.inputs) - set(inputs))
+    extra = sorted(set(inputs) - set(sig.inputs))
+    if missing or extra:
+        raise RequestError(f"inputs {sorted(inputs)} do not match signature {sig_name!r}: "
+                           f"{'missing ' + ', '.join(missing) if missing else ''}"
+                           f"{'; ' if missing and extra else ''}"
+                           f"{'unknown ' + ', '.join(extra) if extra else ''}")
+    if sig_name == TEXT:
+        return servable.tokenize(texts(inputs["text"]))
+    arrays, rows = {}, set()
+    for name, value in inputs.items():
+        dtype, shape = sig.inputs[name]
+        arrays[name] = array(name, value, dtype, shape)
+        rows.add(len(arrays[name]))
+    if len(rows) != 1:
+        raise RequestError(f"inputs have different numbers of rows: "
+                           f"{ {k: len(v) for k, v in arrays.items()} }")
+    return [arrays]
+
+
+def texts(value):
+    items = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(items, (str, bytes)):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise RequestError("text: expected a non-empty list of strings")
+    out = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError("text: not valid UTF-8") from None
+        if not isinstance(item, str):
+            raise RequestError(f"text: expected strings, got {type(item).__name__}")
+        if len(item) > MAX_TEXT_CHARS:
+            raise RequestError(f"text: a string of {len(item)} characters is over the "
+                               f"{MAX_TEXT_CHARS} limit")
+        out.append(item)
+    return out
+
+
+def array(name, value, dtype, shape):
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise RequestError(f"input {name}: not a rectangular array") from None
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise RequestError(f"input {name}: expected numbers ({dtype_name(dtype)}), got "
+                           f"{'ragged lists' if arr.dtype == object else 'strings'}")
+    if arr.dtype.kind == "b" or (np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f"
+                                 and not np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+        raise RequestError(f"input {name}: expected {dtype_name(dtype)}, got "
+                           f"{'booleans' if arr.dtype.kind == 'b' else 'fractions'}")
+    if arr.ndim != len(shape):
+        raise RequestError(f"input {name}: expected rank {len(shape)} (shape "
+                           f"{list(d if d is not None else -1 for d in shape)}), got shape "
+                           f"{list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise RequestError(f"input {name}: empty batch")
+    for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
+        if want is not None and want != got or got == 0:
+            raise RequestError(f"input {name}: dimension {i} is {got}, the signature wants "
+                               f"{want if want is not None else 'at least 1'}")
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise RequestError(f"input {name}: values outside {dtype_name(dtype)}")
+    elif arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise RequestError(f"input {name}: NaN or infinite values")
+    return arr.astype(dtype)
+
+
+async def predict(manager, name, version, sig_name, inputs):
+    """Outputs {name: array} for ``inputs`` on the version (latest when None), and the
+    version number that answered."""
+    model = manager.model(name)
+    with model.using(version) as v:
+        sig_name, _ = signature(v.servable, sig_name)
+        rows = to_rows(v.servable, sig_name, inputs)
+        parts = await v.runner.submit(rows)
+        return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}, v.number
+
+
+async def classify(manager, name, version, sig_name, examples):
+    """[[(label, score)] per example], sorted as the labels are."""
+    outputs, number = await predict(manager, name, version, sig_name, examples)
+    with manager.model(name).using(number) as v:
+        labels = v.servable.labels or [str(i) for i in range(outputs["probabilities"].shape[1])]
+    return [[(labels[i], float(p)) for i, p in enumerate(row)]
+            for row in outputs["probabilities"]], number
