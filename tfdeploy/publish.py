@@ -85,3 +85,51 @@ def readable(path):
             os.chmod(os.path.join(parent, d), 0o755)
         for f in files:
             os.chmod(os.path.join(parent, f), 0o644)
+
+
+def publish_run(run_dir, root=None, version=0):
+    """Publish a finished run's artifacts (its SavedModel and, for tfdeploy.serve, the
+    others with their measured numbers) as a new version, e.g. a run made before serving
+    existed. Returns the version's path."""
+    import json
+
+    from tfdeploy import models
+    from tfdeploy.recipe.load import load_tree
+    from tfdeploy.recipe.schema import Recipe
+    from tfdeploy.recipe.validate import validate
+    from tfdeploy.serve import bundle, config as serve_config
+
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(metrics_path):
+        raise TfdeployError(f"{run_dir}: no metrics.json; only a finished run is published")
+    recipe = validate(Recipe, *load_tree(os.path.join(run_dir, "recipe.yaml"), []))
+    with open(metrics_path, encoding="utf-8") as f:
+        records = json.load(f)["records"]
+    folder = os.path.join(run_dir, "artifacts")
+    for rec in records:  # paths as the run saw them; the files are in its artifacts/
+        if rec.get("path"):
+            rec["path"] = os.path.join(folder, os.path.basename(rec["path"].rstrip("/")))
+    with open(os.path.join(folder, "savedmodel", "assets", "labels.txt"), encoding="utf-8") as f:
+        labels = [line.strip() for line in f if line.strip()]
+    plugin = models.create(recipe.model, len(labels))
+    keras_records = [r for r in records if r["artifact"] == "keras"]
+    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    manifest, files = bundle.manifest(recipe, plugin, labels, records, baseline)
+    root = root or recipe.export.dir
+    target = publish(os.path.join(folder, "savedmodel"), root, recipe.name, version,
+                     add=lambda staging: bundle.write(staging, manifest, files))
+    serve_config.write_all(root, recipe)
+    return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    import tfdeploy  # noqa: F401  (Keras 2 before TensorFlow)
+
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m tfdeploy.publish RUN_DIR [EXPORT_DIR]")
+    try:
+        print(publish_run(sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else None))
+    except TfdeployError as e:
+        sys.exit(f"error: {e}")

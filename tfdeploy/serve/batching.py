@@ -3,11 +3,14 @@
 Requests queue until ``max_batch_size`` rows are waiting or the oldest has waited
 ``batch_timeout_micros``; each batch runs on a thread of its own (``num_batch_threads``,
 one per replica by default), padded up to the next of ``allowed_batch_sizes``. Inputs of
-different lengths (token ids) are padded to the longest in the batch, rounded up to a
-bucket, with the model's pad value. More than ``max_enqueued_batches`` waiting batches
-is over capacity: the request is refused (503), never queued without bound.
+different lengths (token ids) are padded to the longest in the batch with the model's pad
+value; for text models requests wait in one queue per length bucket (the recipe's
+``data.buckets``), so a batch holds sentences of similar length and pads little. More than
+``max_enqueued_batches`` waiting batches is over capacity: the request is refused (503),
+never queued without bound.
 """
 import asyncio
+import bisect
 import concurrent.futures
 
 import numpy as np
@@ -19,19 +22,22 @@ class Unavailable(RuntimeError):
     """Over capacity or shutting down: HTTP 503 / gRPC UNAVAILABLE."""
 
 
-def combine(rows, servable, buckets=(), batch_to=0):
+def rows_of(rows):
+    return sum(len(next(iter(r.values()))) for r in rows)
+
+
+def combine(rows, servable, batch_to=0):
     """One batch from a list of input dicts (each [n, ...]). An input whose length the
-    signature leaves open (token ids) is padded to the longest in the batch, rounded up to
-    a bucket, with the model's pad value; the batch dim is padded to ``batch_to`` by
-    repeating the last row. Returns (batch, row counts)."""
+    signature leaves open (token ids) is padded to the longest in the batch with the
+    model's pad value; the batch dim is padded to ``batch_to`` by repeating the last row.
+    Returns (batch, row counts)."""
     counts = [len(next(iter(r.values()))) for r in rows]
     batch = {}
     for name in rows[0]:
         arrays = [r[name] for r in rows]
-        if name in servable.ragged:
+        if name in servable.ragged and len(arrays) > 1:
             longest = max(a.shape[1] for a in arrays)
-            length = next((b for b in sorted(buckets) if b >= longest), longest)
-            arrays = [np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+            arrays = [np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
                              constant_values=servable.pad_values[name]) for a in arrays]
         batch[name] = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     total = sum(counts)
@@ -52,13 +58,13 @@ def split(outputs, counts):
 class Direct:
     """No batching: each request runs alone on the replicas' threads."""
 
-    def __init__(self, servable, threads, buckets=()):
-        self.servable, self.buckets, self.threads = servable, buckets, threads
+    def __init__(self, servable, threads):
+        self.servable, self.threads = servable, threads
         self.executor = concurrent.futures.ThreadPoolExecutor(threads, "tfdeploy-run")
         self.observe = lambda size: None
 
     async def submit(self, rows):
-        batch, counts = combine(rows, self.servable, self.buckets)
+        batch, counts = combine(rows, self.servable)
         self.observe(sum(counts))
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self.executor, self.servable.run, batch)
@@ -68,51 +74,92 @@ class Direct:
         self.executor.shutdown(wait=True)
 
 
+class Queue:
+    """Requests waiting for one batch (of one length bucket)."""
+
+    def __init__(self):
+        self.pending, self.rows, self.timer, self.due, self.since = [], 0, None, False, 0.0
+
+
 class Batcher(Direct):
-    def __init__(self, servable, params, threads, buckets=()):
-        super().__init__(servable, threads, buckets)
-        self.params = params
-        self.pending, self.rows, self.running = [], 0, 0
-        self._timer = None
+    """A batch stays open until it is full, or its timeout has passed *and* a batch
+    thread is free: while every thread is busy it keeps filling (a batch closed early
+    would wait for a thread all the same, with fewer rows)."""
+
+    def __init__(self, servable, params, threads):
+        super().__init__(servable, threads)
+        self.params, self.running, self.queues, self.full = params, 0, {}, []
+        self.buckets = sorted(servable.buckets) if servable.ragged else []
+
+    def bucket(self, rows):
+        if not self.buckets:
+            return 0
+        name = next(iter(self.servable.ragged))
+        longest = max(r[name].shape[1] for r in rows)
+        return bisect.bisect_left(self.buckets, longest)
+
+    def waiting_batches(self):
+        """Batches not yet running: the full ones and every open one with a request."""
+        return len(self.full) + sum(1 for q in self.queues.values() if q.pending)
 
     async def submit(self, rows):
-        n = sum(len(next(iter(r.values()))) for r in rows)
-        p = self.params
+        n, p = rows_of(rows), self.params
         if n > p.max_batch_size:
             raise RequestError(f"Task size {n} is larger than maximum input batch size "
                                f"{p.max_batch_size}")
-        waiting = self.running + (self.rows + n + p.max_batch_size - 1) // p.max_batch_size
-        if waiting > p.max_enqueued_batches + self.threads:
+        loop = asyncio.get_running_loop()
+        queue = self.queues.setdefault(self.bucket(rows), Queue())
+        fits = queue.pending and queue.rows + n <= p.max_batch_size
+        if not fits and self.waiting_batches() >= p.max_enqueued_batches:
             raise Unavailable("The batch scheduling queue to which this task was submitted "
                               "is full")
-        if self.rows + n > p.max_batch_size:
-            self._flush()
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((rows, future))
-        self.rows += n
-        if self.rows >= p.max_batch_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                p.batch_timeout_micros / 1e6, self._flush)
+        if queue.rows + n > p.max_batch_size:
+            self._close(queue)
+        future = loop.create_future()
+        if not queue.pending:
+            queue.since = loop.time()
+        queue.pending.append((rows, future))
+        queue.rows += n
+        if queue.rows >= p.max_batch_size:
+            self._close(queue)
+        elif queue.timer is None:
+            queue.timer = loop.call_later(p.batch_timeout_micros / 1e6, self._due, queue)
+        self._schedule()
         return await future
 
-    def _flush(self):
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self.pending:
-            return
-        taken, self.pending, self.rows = self.pending, [], 0
-        self.running += 1
-        asyncio.get_running_loop().create_task(self._run(taken))
+    def _close(self, queue):
+        """A full batch: it waits for a thread as it is."""
+        if queue.timer is not None:
+            queue.timer.cancel()
+        self.full.append(queue.pending)
+        queue.pending, queue.rows, queue.timer, queue.due = [], 0, None, False
+
+    def _due(self, queue):
+        queue.timer, queue.due = None, True
+        self._schedule()
+
+    def _schedule(self):
+        """Start batches while threads are free: full ones first, then timed-out ones
+        (the oldest first: no length bucket starves)."""
+        while self.running < self.threads:
+            if self.full:
+                taken = self.full.pop(0)
+            else:
+                due = [q for q in self.queues.values() if q.due and q.pending]
+                if not due:
+                    return
+                queue = min(due, key=lambda q: q.since)
+                taken = queue.pending
+                queue.pending, queue.rows, queue.due = [], 0, False
+            self.running += 1
+            asyncio.get_running_loop().create_task(self._run(taken))
 
     async def _run(self, taken):
         try:
             rows = [r for request, _ in taken for r in request]
-            total = sum(len(next(iter(r.values()))) for r in rows)
+            total = rows_of(rows)
             size = next((s for s in self.params.allowed_batch_sizes if s >= total), total)
-            batch, counts = combine(rows, self.servable, self.buckets, size)
+            batch, counts = combine(rows, self.servable, size)
             self.observe(size)
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.servable.run, batch)
@@ -127,3 +174,4 @@ class Batcher(Direct):
                     future.set_exception(e)
         finally:
             self.running -= 1
+            self._schedule()

@@ -126,9 +126,9 @@ class Model:
         threads = (opts.batching.num_batch_threads if opts.batching and
                    opts.batching.num_batch_threads else opts.replicas)
         if opts.enable_batching:
-            v.runner = batching.Batcher(servable, opts.batching, threads, servable.buckets)
+            v.runner = batching.Batcher(servable, opts.batching, threads)
         else:
-            v.runner = batching.Direct(servable, threads, servable.buckets)
+            v.runner = batching.Direct(servable, threads)
         if opts.observe:
             v.runner.observe = opts.observe
         v.servable, v.state = servable, AVAILABLE

@@ -10,7 +10,6 @@ import json
 import re
 import time
 
-import numpy as np
 from aiohttp import web
 
 from tfdeploy.serve import api

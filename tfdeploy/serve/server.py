@@ -122,4 +122,6 @@ async def serve(settings, ready=None):
 
 
 def run(settings):
-    asyncio.run(serve(settings))
+    import uvloop  # libuv's loop: less latency per request than asyncio's own
+
+    uvloop.run(serve(settings))

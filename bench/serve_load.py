@@ -1,0 +1,184 @@
+"""Load test of ``tfdeploy.serve`` on loopback: throughput and p50/p99 with batching on and
+off, per runtime, and the server's overhead over the artifact run in-process.
+
+Real SST-2 dev sentences (``$TFDEPLOY_DATA_DIR/sst2/dev.tsv``) go to the ``serving_text``
+signature over REST from ``--clients`` concurrent clients (aiohttp, in this process: on a
+small machine they share its cores with the server, as any loopback test does). Bounded:
+``--requests`` per configuration, loopback only. Prints one line per configuration and
+the ratios; exit 1 if any request failed.
+
+    python -m tfdeploy.publish RUN_DIR /tmp/bert_serve     # a finished bert.yaml run
+    python bench/serve_load.py --model_base_path=/tmp/bert_serve/bert \\
+        --artifacts=tflite_int8,onnx_int8 --requests=10000 --clients=32
+"""
+import argparse
+import asyncio
+import csv
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sentences():
+    data = os.environ.get("TFDEPLOY_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
+    with open(os.path.join(data, "sst2", "dev.tsv"), encoding="utf-8") as f:
+        return [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def start(base, artifact, batching, params, threads):
+    flags = [f"--model_base_path={base}", "--model_name=m", f"--artifact={artifact}",
+             "--port=0", "--rest_api_port=0", f"--threads={threads}"]
+    if batching:
+        flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+    proc = subprocess.Popen([sys.executable, "-m", "tfdeploy.serve", *flags], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        found = re.search(r"HTTP/REST API at:[\d.]+:(\d+)", line)
+        if found:
+            return proc, int(found.group(1))
+    raise SystemExit(f"server did not start ({artifact})")
+
+
+async def load(port, texts, requests, clients):
+    """``clients`` kept-alive HTTP/1.1 connections sending ``requests`` in all. The client
+    is lean on purpose (pre-encoded requests, minimal response parsing): on a small machine
+    it shares the cores with the server, and what is measured should be the server."""
+    import json
+
+    bodies = [json.dumps({"signature_name": "serving_text", "instances": [t]}).encode()
+              for t in texts]
+    head = "POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Type: " \
+           "application/json\r\nContent-Length: {}\r\n\r\n"
+    payloads = [head.format(len(b)).encode() + b for b in bodies]
+    latencies, errors, counter = [], [], iter(range(requests))
+
+    async def exchange(reader, writer, payload):
+        writer.write(payload)
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        return status
+
+    async def client():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(5):
+            await exchange(reader, writer, payloads[0])
+        await ready.wait()
+        for i in counter:
+            started = time.perf_counter()
+            status = await exchange(reader, writer, payloads[i % len(payloads)])
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors.append(status)
+        writer.close()
+
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(client()) for _ in range(clients)]
+    await asyncio.sleep(1.0)  # connected and warmed up
+    started = time.perf_counter()
+    ready.set()
+    await asyncio.gather(*tasks)
+    seconds = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1e3
+    return {"rps": len(latencies) / seconds, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "errors": len(errors), "n": len(latencies)}
+
+
+def one_client(port, texts, requests):
+    """Concurrency 1 with a lean client (a kept-alive http.client connection): the
+    latency is the server's, not an async client library's."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    path, latencies = "/v1/models/m:predict", []
+    for i in range(requests + 20):
+        body = json.dumps({"signature_name": "serving_text",
+                           "instances": [texts[i % len(texts)]]})
+        started = time.perf_counter()
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        if i >= 20:
+            latencies.append((time.perf_counter() - started) * 1e3)
+        if response.status != 200:
+            raise SystemExit(f"request failed: {response.status}")
+    return {"p50": float(np.percentile(latencies, 50)), "errors": 0}
+
+
+def in_process_p50(base, artifact, texts, threads, runs=300):
+    """The artifact alone (no server): median ms of one tokenized sentence per call."""
+    import tfdeploy  # noqa: F401
+    from tfdeploy.serve.servable import Servable
+
+    version = os.path.join(base, str(max(int(d) for d in os.listdir(base) if d.isdigit())))
+    servable = Servable(version, artifact, threads=threads)
+    rows = [servable.tokenize([t])[0] for t in texts[:runs]]
+    for row in rows[:20]:
+        servable.run(row)
+    times = []
+    for row in rows:
+        started = time.perf_counter()
+        servable.run(row)
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--artifacts", default="tflite_int8")
+    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max_batch_size", type=int, default=32)
+    parser.add_argument("--batch_timeout_micros", type=int, default=3000)
+    args = parser.parse_args()
+    texts = sentences()
+    params = os.path.join("/tmp", f"serve_load_batching_{os.getpid()}.txt")
+    with open(params, "w") as f:
+        f.write(f"max_batch_size {{ value: {args.max_batch_size} }}\n"
+                f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
+                f"max_enqueued_batches {{ value: 1000 }}\nnum_batch_threads {{ value: 1 }}\n")
+    failed, results = 0, {}
+    for artifact in args.artifacts.split(","):
+        for batching in (False, True):
+            proc, port = start(args.model_base_path, artifact, batching, params, args.threads)
+            try:
+                r = asyncio.run(load(port, texts, args.requests, args.clients))
+                one = one_client(port, texts, min(args.requests, 500))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            results[(artifact, batching)] = (r, one)
+            failed += r["errors"] + one["errors"]
+            print(f"{artifact:20s} batching={'on ' if batching else 'off'} "
+                  f"{r['n']} requests, {args.clients} clients: {r['rps']:7.1f} req/s, "
+                  f"p50 {r['p50']:6.2f} ms, p99 {r['p99']:7.2f} ms, errors {r['errors']} | "
+                  f"1 client: p50 {one['p50']:.2f} ms", flush=True)
+        local = in_process_p50(args.model_base_path, artifact, texts, args.threads)
+        on, off = results[(artifact, True)][0], results[(artifact, False)]
+        print(f"{artifact}: batching throughput ratio {on['rps'] / off[0]['rps']:.2f}x "
+              f"(goal >= 2); server overhead at concurrency 1: {off[1]['p50']:.2f} ms vs "
+              f"in-process {local:.2f} ms = {off[1]['p50'] / local:.2f}x (goal <= 1.3)",
+              flush=True)
+    os.unlink(params)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
