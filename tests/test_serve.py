@@ -450,3 +450,34 @@ def test_model_config_file_and_tf_serving_files(published):
 def run_serve(*flags):
     return subprocess.run([sys.executable, "-m", "tfdeploy.serve", *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_run_then_serve(published, tmp_path):
+    """tfdeploy.run --serve: the run publishes, then serves what it published as the
+    recipe's serve: section says, until SIGTERM."""
+    recipe = tmp_path / "now.yaml"
+    recipe.write_text(f"""base: {published / 'srv.yaml'}
+name: now
+stages: []
+export: {{formats: [savedmodel, tflite_dynamic_int8], dir: {tmp_path / 'saved_models'}}}
+benchmark: {{enabled: false}}
+serve: {{port: 0, rest_api_port: 0, artifact: tflite_dynamic_int8, enable_batching: false}}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "tfdeploy.run", str(recipe),
+                             f"--output_dir={tmp_path / 'runs'}", "--serve"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, port = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        found = re.search(r"HTTP/REST API at:[\d.]+:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            break
+    assert port, "".join(lines)[-3000:]
+    assert "serving tflite_dynamic_int8 (litert" in "".join(lines)
+    body = json.dumps({"signature_name": "serving_text", "instances": SENTENCES[:2]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models/now:predict", data=body), timeout=60) as r:
+        assert len(json.loads(r.read())["predictions"]) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
