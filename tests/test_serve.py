@@ -94,7 +94,7 @@ def server(published):
     s = Server("--model_name=srv", f"--model_base_path={published / 'saved_models' / 'srv'}",
                "--enable_batching",
                f"--batching_parameters_file={published / 'saved_models' / 'batching_parameters.txt'}",
-               "--file_system_poll_wait_seconds=1")
+               "--file_system_poll_wait_seconds=1", "--rest_api_timeout_in_ms=1500")
     yield s
     s.stop()
 
@@ -363,6 +363,12 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server):
                                                                  status, body)
         assert isinstance(body, dict) and body.get("error"), (path, status, body)
     assert len(statuses) >= 200 and 413 in statuses
+    import socket  # a slow client: headers promise 100 bytes, 10 come, then nothing
+    with socket.create_connection(("127.0.0.1", server.rest), timeout=30) as slow:
+        slow.sendall(b"POST /v1/models/srv:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"instance")
+        answer = slow.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408") and '"error"' in answer, answer
     status, body = server.call("/v1/models/srv:predict", {"signature_name": "serving_text",
                                                          "instances": SENTENCES[:1]})
     assert status == 200 and len(body["predictions"]) == 1

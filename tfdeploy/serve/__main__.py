@@ -30,6 +30,8 @@ flags.DEFINE_enum("strategy", "cpu", ["cpu", "mirrored"], "mirrored: one replica
 flags.DEFINE_integer("logical_cpus", 0, "Under mirrored without GPUs: split the CPU into "
                                         "this many devices, one replica each.")
 flags.DEFINE_integer("max_request_bytes", 16 << 20, "Larger request bodies get 413.")
+flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "A request body that has not arrived "
+                                                      "by then gets 408.")
 
 
 def settings_from_flags():
@@ -55,7 +57,8 @@ def settings_from_flags():
                     enable_batching=FLAGS.enable_batching, batching=batching,
                     replicas=replicas, threads=FLAGS.threads, devices=devices,
                     poll_seconds=FLAGS.file_system_poll_wait_seconds,
-                    max_request_bytes=FLAGS.max_request_bytes)
+                    max_request_bytes=FLAGS.max_request_bytes,
+                    timeout_seconds=FLAGS.rest_api_timeout_in_ms / 1000)
 
 
 def main(argv):

@@ -5,6 +5,7 @@
 with TF Serving's status codes. Every failure is caught here: a client never sees a
 traceback and the server keeps serving.
 """
+import asyncio
 import base64
 import json
 import re
@@ -32,7 +33,7 @@ def error(status, message):
     return web.json_response({"error": message}, status=status)
 
 
-def make_app(manager, metrics, max_request_bytes):
+def make_app(manager, metrics, max_request_bytes, timeout_seconds=30.0):
     app = web.Application(client_max_size=max_request_bytes)
 
     async def metrics_page(request):
@@ -47,7 +48,7 @@ def make_app(manager, metrics, max_request_bytes):
                 raise HttpError(404, f"Malformed request: {request.method} {request.path}")
             model_name = match["name"] if match["name"] in manager.models else ""
             kind = match["method"] or ("metadata" if match["metadata"] else "status")
-            response = await dispatch(manager, request, match, kind)
+            response = await dispatch(manager, request, match, kind, timeout_seconds)
             status = response.status
             return response
         except HttpError as e:
@@ -67,7 +68,7 @@ def make_app(manager, metrics, max_request_bytes):
     return app
 
 
-async def dispatch(manager, request, match, kind):
+async def dispatch(manager, request, match, kind, timeout_seconds):
     version = parse_version(match["version"])
     if match["label"]:
         raise HttpError(404, f"version label {match['label']!r}: no labels are assigned")
@@ -85,7 +86,7 @@ async def dispatch(manager, request, match, kind):
                 return web.json_response(metadata_json(match["name"], v))
         if request.method != "POST":
             raise HttpError(405, f"{kind} needs POST")
-        body = await read_json(request)
+        body = await read_json(request, timeout_seconds)
         if kind == "predict":
             return web.json_response(await predict(manager, match["name"], version, body))
         if kind == "classify":
@@ -114,8 +115,12 @@ def parse_version(text):
     return int(text)
 
 
-async def read_json(request):
-    raw = await request.read()
+async def read_json(request, timeout_seconds):
+    try:  # a client that sends its body slowly does not hold the request forever
+        raw = await asyncio.wait_for(request.read(), timeout_seconds)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"the request body did not arrive within {timeout_seconds:g} "
+                             f"s") from None
     if not raw:
         raise HttpError(400, "JSON Parse error: the body is empty")
     try:

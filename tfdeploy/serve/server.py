@@ -24,6 +24,7 @@ class Settings:
     poll_seconds: float = 1.0
     max_request_bytes: int = 16 << 20
     grace_seconds: float = 10.0
+    timeout_seconds: float = 30.0
 
 
 def settings_for_recipe(recipe):
@@ -95,7 +96,8 @@ async def serve(settings, ready=None):
     grpc_port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
 
-    app = rest.make_app(manager, metrics, settings.max_request_bytes)
+    app = rest.make_app(manager, metrics, settings.max_request_bytes,
+                        settings.timeout_seconds)
     runner = web.AppRunner(app, shutdown_timeout=settings.grace_seconds, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.rest_api_port)
