@@ -2,6 +2,7 @@
 directory's contents, kill-and-resume, and bad input (exit 2, no traceback, nothing written)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,8 @@ def test_tiny_recipe_end_to_end(tmp_path, sst2_dir):
                  "0-train/stage.json", "0-train/eval.json", "0-train/history.json"):
         assert (run_dir / name).exists(), name
     assert any((run_dir / "0-train" / "tensorboard").rglob("*tfevents*"))
+    assert any((run_dir / "tensorboard" / "hparams").glob("*tfevents*"))  # recipe + ledger
+    assert any((run_dir / "tensorboard" / "ledger" / "train.savedmodel").glob("*tfevents*"))
     env = json.loads((run_dir / "env.json").read_text())
     assert env["packages"]["tensorflow"].startswith("2.21")
     assert env["distribution"]["strategy"] == "cpu"
@@ -36,7 +39,12 @@ def test_tiny_recipe_end_to_end(tmp_path, sst2_dir):
     assert (export / "saved_model.pb").exists()
     assert (export / "assets" / "labels.txt").read_text().split() == ["negative", "positive"]
     report = (run_dir / "report.md").read_text()
-    assert "| train | keras |" in report and "| train | savedmodel |" in report
+    assert "## Summary" in report and "**Recommended, smallest:** `savedmodel`" in report
+    assert re.search(r"\| train \| 0\.\d{4} \| 0\.\d{4} \|", report)  # stage row
+    assert "| train | savedmodel | tf |" in report
+    assert 'src="data:image/png;base64,' in (run_dir / "report.html").read_text()
+    saved = json.loads((run_dir / "metrics.json").read_text())["records"][1]
+    assert saved["path"] == "artifacts/savedmodel" and saved["gate"] == "passed"
 
     # The export serves raw token ids through its named signature.
     import tensorflow as tf

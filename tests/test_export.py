@@ -94,6 +94,10 @@ def test_report_files(small_run):
     for png in ("accuracy_vs_latency.png", "accuracy_vs_size.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report
+    assert "**Recommended, fastest (batch 1):**" in report
+    assert (run_dir / "train_train.png").exists()  # the stage's training curves
+    page = (run_dir / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= 3 and "<table>" in page
 
 
 def test_parity_failure_detected(small_run):

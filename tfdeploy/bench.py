@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from tfdeploy import progress
+
 
 @dataclasses.dataclass
 class Settings:
@@ -55,7 +57,7 @@ def signature_inputs(artifact):
     return make
 
 
-def measure(runners, inputs, s: Settings):
+def measure(runners, inputs, s: Settings, bar=None):
     """{name: {median_ms, p90_ms, runs}} for callables run round-robin on ``inputs``."""
     names = list(runners)
     spent = dict.fromkeys(names, 0.0)
@@ -71,9 +73,13 @@ def measure(runners, inputs, s: Settings):
     def done(name):
         return len(times[name]) >= s.runs or sum(times[name]) >= s.seconds
 
+    finished = set()
     while not all(done(n) for n in names):
         for name in names:
             if done(name):
+                if name not in finished and bar is not None:
+                    finished.add(name)
+                    bar.update(1)
                 continue
             settled = time.perf_counter() + s.settle
             runners[name](inputs)  # at least one unrecorded call after the switch
@@ -107,7 +113,8 @@ def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=None):
     results = {}
     for batch in s.batch_sizes:
         inputs = make_inputs(batch, s.seq_length)
-        stats = measure(runners, inputs, s)
+        with progress.counted(f"benchmark batch {batch}", len(runners), unit="variant") as bar:
+            stats = measure(runners, inputs, s, bar)
         base = stats.get(reference) or stats[artifacts[0].name]
         for name, st in stats.items():
             st["ratio"] = st["median_ms"] / base["median_ms"]

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from tfdeploy import progress
+
 from tfdeploy.traits import Traits
 
 
@@ -56,11 +58,19 @@ class Context:
         """A path in this stage's directory (workers other than the chief get a temp dir)."""
         return os.path.join(self.stage_dir, *parts)
 
+    @property
+    def stage_name(self):
+        """The running stage's name (its folder is ``<index>-<name>``)."""
+        return os.path.basename(self.stage_dir).split("-", 1)[-1]
+
     def predict(self, model, split=None):
         """Logits for every example of ``split`` (validation by default), in dataset order."""
         split = split or self.validation
         ds, order = split.eval_dataset(self.recipe.evaluate.batch_size)
-        logits = model.predict(ds, verbose=0)
+        batches = int(ds.cardinality())
+        what = "evaluate keras" + (f" ({self.stage_name})" if self.stage_dir else "")
+        logits = model.predict(ds, verbose=0, callbacks=[
+            progress.predict_callback(what, batches if batches > 0 else 0)])
         out = np.empty_like(logits)
         out[order] = logits
         return out

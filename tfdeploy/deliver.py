@@ -6,7 +6,7 @@ becomes one :class:`ArtifactError` naming the artifact and the cause.
 """
 import os
 
-from tfdeploy import bench, evaluate, export
+from tfdeploy import bench, evaluate, export, progress
 from tfdeploy.errors import TfdeployError
 from tfdeploy.export.job import ExportJob
 
@@ -44,19 +44,23 @@ def deliver(recipe, context, model, traits, stage_name, records):
     job = ExportJob(recipe, context, model, traits)
     artifacts, problems = [], []
     for name in recipe.export.formats:
-        artifact = guarded(f"export {name}", job.write, name)
+        progress.say(f"export {name}: writing")
+        with progress.heartbeat(f"export {name}"):
+            artifact = guarded(f"export {name}", job.write, name)
         artifacts.append(artifact)
         rec = evaluate_one(artifact, context, stage_name, reference, traits)
         records.append(rec)
         problem = gate(rec, artifact, recipe, baseline, traits)
         if problem and name == "tflite_int8" and not traits.quantization_aware and \
                 recipe.export.int8_fallback == "on_gate":
+            rec["gate"] = problem
             print(f"  {problem}\n  retrying full int8 with sensitive ops in float", flush=True)
             retry = guarded("export tflite_int8_fallback", int8_fallback, job)
             artifacts.append(retry)
             rec = evaluate_one(retry, context, stage_name, reference, traits)
             records.append(rec)
             problem = gate(rec, retry, recipe, baseline, traits)
+        rec["gate"] = problem or "passed"
         if problem:
             problems.append(problem)
     if recipe.benchmark.enabled:

@@ -3,6 +3,8 @@ import time
 
 import numpy as np
 
+from tfdeploy import progress
+
 
 def accuracy(logits, labels):
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
@@ -49,11 +51,15 @@ def evaluate_artifact(artifact, context, stage, reference, threads=2):
     run = artifact.runner(threads)
     logits = None
     start = time.perf_counter()
-    for idx, features in split.numpy_batches(context.recipe.evaluate.batch_size):
-        out = run(features)
-        if logits is None:
-            logits = np.zeros((len(split), out.shape[-1]), np.float32)
-        logits[idx] = out
+    size = context.recipe.evaluate.batch_size
+    with progress.counted(f"evaluate {artifact.name}", -(-len(split) // size),
+                          unit="batch") as bar:
+        for idx, features in split.numpy_batches(size):
+            out = run(features)
+            if logits is None:
+                logits = np.zeros((len(split), out.shape[-1]), np.float32)
+            logits[idx] = out
+            bar.update(1)
     seconds = time.perf_counter() - start
     return record(stage, artifact.name, artifact.runtime, logits, split.labels, seconds,
                   reference, path=artifact.path, size_bytes=artifact.size(),

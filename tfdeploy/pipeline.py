@@ -179,6 +179,10 @@ def _run(recipe, opts, context, stage_list, model):
                "strategy": context.strategy_info, "records": records}
     if context.is_chief:
         write_report(summary, run_dir)
+        if recipe.output.tensorboard:
+            from tfdeploy.report import tensorboard
+
+            tensorboard.write(summary, to_dict(recipe), run_dir)
         if published:
             print(f"published: {published}", flush=True)
     if failure:
@@ -280,10 +284,13 @@ def publish_if_passed(recipe, context, artifacts, problems, records):
 
 
 def write_report(summary, run_dir):
+    """metrics.json (artifact paths relative to the run directory) and the report."""
+    for rec in summary["records"]:
+        for key in ("path", "published"):
+            if rec.get(key):
+                rec[key] = os.path.relpath(rec[key], run_dir)
     atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
-    pngs = report.plots(summary, run_dir)
-    atomic_write_text(os.path.join(run_dir, "report.md"), report.markdown(summary, pngs))
-    print(f"report: {os.path.join(run_dir, 'report.md')}")
+    print(f"report: {report.write(summary, run_dir)} (and report.html)")
 
 
 def backup_dir(recipe, opts, context, digest):

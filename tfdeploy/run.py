@@ -24,6 +24,11 @@ flags.DEFINE_bool("resume", False, "Continue the latest run of this recipe: fini
 flags.DEFINE_bool("dry_run", False, "Validate, print the resolved recipe and a preflight "
                                     "(model, data, layers each stage touches); train nothing.")
 flags.DEFINE_integer("seed", None, "Override the recipe's seed.")
+flags.DEFINE_float("progress_every", 30, "When the output is not a terminal, a progress "
+                                        "line (step/total, rate, ETA) every this many "
+                                        "seconds; 0 = no progress output (quiet).")
+flags.DEFINE_enum("progress", "auto", ["auto", "bar", "lines"], "auto: a live bar on a "
+                                                                "terminal, lines otherwise.")
 flags.DEFINE_bool("serve", False, "When the run has published a version, serve it as the "
                                   "recipe's serve: section says (tfdeploy.serve) until "
                                   "SIGTERM or Ctrl-C.")
@@ -38,6 +43,9 @@ def main(argv):
     elif not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's Python INFO lines are noise by default
         warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+    from tfdeploy import progress
+
+    progress.configure(FLAGS.progress_every, FLAGS.progress)
     overrides = list(FLAGS.set)
     if FLAGS.seed is not None:
         overrides.append(f"seed={FLAGS.seed}")

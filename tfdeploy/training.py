@@ -9,13 +9,13 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfdeploy import progress
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import field
 
@@ -212,11 +212,13 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     if context.recipe.output.tensorboard:
         extra.append(keras.callbacks.TensorBoard(context.path("tensorboard"),
                                                  update_freq=max(1, per_period // 10)))
-    print(f"  {total} steps at global batch {global_batch} ({context.replicas} replica(s)), "
-          f"{periods} evaluation(s)", flush=True)
+    progress.say(f"  {total} steps at global batch {global_batch} ({context.replicas} "
+                 f"replica(s)), {periods} evaluation(s)")
+    extra.append(progress.keras_callback(f"stage {context.stage_name}", periods * per_period,
+                                         per_period))
     history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
                         steps_per_epoch=per_period, validation_data=selection,
-                        callbacks=extra, verbose=1 if sys.stdout.isatty() else 2)
+                        callbacks=extra, verbose=0)
     record = period_log.history() if period_log and period_log.periods else {
         k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,

@@ -6,7 +6,7 @@ after every artifact has passed its gates (``tfdeploy.publish``).
 """
 import os
 
-from tfdeploy import export
+from tfdeploy import export, progress
 from tfdeploy.traits import Traits
 
 
@@ -52,5 +52,6 @@ class ExportJob:
 
     def representative(self):
         """Calibration rows from the training split (a generator factory for TFLite)."""
-        return self.context.train.representative(self.recipe.export.calibration_examples,
-                                                 self.recipe.seed)
+        count = min(self.recipe.export.calibration_examples, len(self.context.train))
+        rows = self.context.train.representative(count, self.recipe.seed)
+        return progress.counted_generator("calibrate", rows, count)

@@ -1,0 +1,106 @@
+"""The run's report: ``report.md`` and ``report.html`` (one self-contained file, PNGs
+inlined), summary first, then what each stage did, then every artifact.
+
+The summary recommends an artifact for each goal among those that passed the run's gates:
+the fastest (batch-1 median latency, or the smallest batch measured) and the smallest
+(bytes). Per stage: accuracy (reported and selection split), what it did to the model
+(sparsity with its pattern, clusters, QAT scheme, distillation) and its per-layer
+sparsity. Per artifact: accuracy, drop, agreement, bytes, gzip bytes, weight sparsity and
+latency at each batch size with its ratio to the SavedModel.
+"""
+import os
+
+from tfdeploy.report import html, plots
+from tfdeploy.report.records import artifacts, batch_sizes, fmt, latency, recommend
+from tfdeploy.rundir import atomic_write_text
+
+
+def write(summary, run_dir):
+    """Write report.md, report.html and the PNGs; returns the report.md path."""
+    pngs = plots.all_plots(summary, run_dir)
+    atomic_write_text(os.path.join(run_dir, "report.md"), markdown(summary, pngs))
+    atomic_write_text(os.path.join(run_dir, "report.html"), html.page(
+        summary["recipe"], markdown(summary, pngs), pngs, run_dir))
+    return os.path.join(run_dir, "report.md")
+
+
+def markdown(summary, pngs=()):
+    lines = [f"# {summary['recipe']}", ""] + summary_section(summary) + [""]
+    lines += stage_section(summary) + [""] + artifact_section(summary)
+    figures = [p for p in pngs if not os.path.basename(p).startswith(("sparsity_", "train_"))]
+    for png in figures:
+        lines += ["", f"![{os.path.basename(png)}]({os.path.basename(png)})"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_section(summary):
+    keras = [r for r in summary["records"] if r["artifact"] == "keras"]
+    baseline = keras[0]["metrics"]["accuracy"] if keras else None
+    failed = [r for r in artifacts(summary) if r.get("gate", "passed") != "passed"]
+    lines = ["## Summary", "",
+             f"{len(keras)} stage(s), {len(artifacts(summary))} artifact(s), "
+             f"{summary['seconds']:.0f} s, strategy {summary['strategy']['strategy']} "
+             f"({summary['strategy']['replicas']} replica(s)). Accuracy is on the validation "
+             f"split, which chose nothing" + (f"; baseline (first stage) {baseline:.4f}."
+                                              if baseline is not None else ".")]
+    for goal, rec in recommend(summary).items():
+        accuracy = rec["metrics"]["accuracy"]
+        drop = "" if baseline is None else f" (drop {baseline - accuracy:+.4f})"
+        size = rec.get("size_bytes")
+        lat = "".join(f", b{b} {latency(rec, b):.2f} ms" for b in batch_sizes([rec]))
+        lines.append(f"- **Recommended, {goal}:** `{rec['artifact']}` of stage "
+                     f"{rec['stage']} ({rec['runtime']}): accuracy {accuracy:.4f}{drop}, "
+                     f"{fmt(size and size / 1e6, '.1f')} MB{lat}.")
+    for rec in failed:
+        lines.append(f"- **Failed its gate:** `{rec['artifact']}` — {rec['gate']}")
+    published = [r.get("published") for r in summary["records"] if r.get("published")]
+    if published:
+        lines.append(f"- Published for serving: `{published[0]}`.")
+    return lines
+
+
+def stage_section(summary):
+    lines = ["## Stages", "", "| stage | accuracy | selection accuracy | sparsity | clusters | "
+             "QAT scheme | distilled |", "|---|---|---|---|---|---|---|"]
+    for rec in (r for r in summary["records"] if r["artifact"] == "keras"):
+        t = rec.get("traits") or {}
+        chosen = (rec.get("selection") or {}).get("metrics", {}).get("accuracy")
+        pattern = f" ({t['sparsity_pattern']})" if t.get("sparsity_pattern") else ""
+        lines.append(f"| {rec['stage']} | {rec['metrics']['accuracy']:.4f} | "
+                     f"{fmt(chosen, '.4f')} | "
+                     f"{fmt(t.get('sparsity') or None, '.1%')}{pattern if t.get('sparsity') else ''}"
+                     f" | {t.get('clusters') or ''} | {t.get('quantization_aware') or ''} | "
+                     f"{'yes' if t.get('distilled') else ''} |")
+    lines += ["", "Per-layer sparsity of pruned stages and every stage's training curves are "
+              "in the PNGs beside this report (`sparsity_<stage>.png`, `train_<stage>.png`)."]
+    return lines
+
+
+def artifact_section(summary):
+    records = artifacts(summary)
+    keras = [r for r in summary["records"] if r["artifact"] == "keras"]
+    baseline = keras[0]["metrics"]["accuracy"] if keras else None
+    batches = batch_sizes(records)
+    header = ["stage", "artifact", "runtime", "accuracy", "drop", "agreement", "max diff",
+              "MB", "gzip MB", "weight sparsity", "gate"]
+    for b in batches:
+        header += [f"b{b} median/p90 ms", f"b{b} ratio"]
+    lines = ["## Artifacts", "", "Drop: against the fp32 baseline (first stage). Agreement and "
+             "max diff: against the Keras model of the same stage. Latency ratio: median over "
+             "the TF SavedModel's.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        acc = r["metrics"]["accuracy"]
+        size, gz = r.get("size_bytes"), r.get("gzip_bytes")
+        row = [r["stage"], r["artifact"], r["runtime"], f"{acc:.4f}",
+               fmt(None if baseline is None else baseline - acc, "+.4f"),
+               fmt(r.get("agreement"), ".4f"), fmt(r.get("max_abs_diff"), ".1e"),
+               fmt(size and size / 1e6, ".1f"), fmt(gz and gz / 1e6, ".1f"),
+               fmt(r.get("weights_sparsity"), ".1%"),
+               "passed" if r.get("gate", "passed") == "passed" else "FAILED"]
+        for b in batches:
+            lat = (r.get("latency") or {}).get(f"batch_{b}")
+            row += [f"{lat['median_ms']:.2f} / {lat['p90_ms']:.2f}" if lat else "",
+                    fmt(lat and lat.get("ratio"), ".2f")]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
