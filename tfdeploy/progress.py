@@ -161,7 +161,8 @@ def keras_callback(what, total, per_period, estimate_after=5):
         def on_epoch_end(self, epoch, logs=None):
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                               if isinstance(v, (int, float)))
-            say(f"{what}: step {self.bar.done}/{total}: {shown}")
+            say(f"{what}: period {epoch + 1}/{-(-total // per_period)}, step "
+                f"{self.bar.done}/{total}: {shown}")
 
         def on_train_end(self, logs=None):
             self.bar.close()

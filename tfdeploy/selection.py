@@ -90,8 +90,12 @@ def wrap_problems(model, names):
     out = []
     for name in names:
         layer = model.get_layer(name)
+        try:  # on a fresh copy: inferring a shape traces the layer, which adds graph nodes
+            copy = type(layer).from_config(layer.get_config())
+        except Exception:  # noqa: BLE001 — cannot copy it: let TFMOT say what it says
+            continue
         try:
-            layer.compute_output_shape(layer.input_shape)
+            copy.compute_output_shape(layer.input_shape)
         except NotImplementedError:
             out.append((name, f"a {type(layer).__name__} (a TF op or function called on Keras "
                               f"tensors) has no static output shape for TFMOT's wrapper; "
