@@ -25,11 +25,14 @@ def write(summary, run_dir):
 
 
 def markdown(summary, pngs=()):
+    def images(paths):
+        return [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in paths]
+
+    per_stage = [p for p in pngs if os.path.basename(p).startswith(("sparsity_", "train_"))]
     lines = [f"# {summary['recipe']}", ""] + summary_section(summary) + [""]
-    lines += stage_section(summary) + [""] + artifact_section(summary)
-    figures = [p for p in pngs if not os.path.basename(p).startswith(("sparsity_", "train_"))]
-    for png in figures:
-        lines += ["", f"![{os.path.basename(png)}]({os.path.basename(png)})"]
+    lines += stage_section(summary) + [""] + images(per_stage) + [""]
+    lines += artifact_section(summary) + [""]
+    lines += images([p for p in pngs if p not in per_stage])
     return "\n".join(lines) + "\n"
 
 
@@ -71,8 +74,6 @@ def stage_section(summary):
                      f"{fmt(t.get('sparsity') or None, '.1%')}{pattern if t.get('sparsity') else ''}"
                      f" | {t.get('clusters') or ''} | {t.get('quantization_aware') or ''} | "
                      f"{'yes' if t.get('distilled') else ''} |")
-    lines += ["", "Per-layer sparsity of pruned stages and every stage's training curves are "
-              "in the PNGs beside this report (`sparsity_<stage>.png`, `train_<stage>.png`)."]
     return lines
 
 
