@@ -62,3 +62,32 @@ def test_quiet_mode_prints_no_progress(tmp_path, sst2_dir):
     text = "\n".join(l for _, l in lines)
     assert "ETA" not in text and "still working" not in text
     assert "stage train: validation accuracy" in text
+
+
+def test_benchmark_every_stage(tmp_path, sst2_dir):
+    """benchmark.stages: all — every stage's artifacts are exported, evaluated and timed
+    (in artifacts/<stage>/ for earlier stages) and the report has a row per stage; only
+    the last stage's SavedModel is published."""
+    import json
+
+    lines = timed_lines(str(tiny_recipe(tmp_path)), f"--output_dir={tmp_path / 'runs'}",
+                        "--progress_every=0",
+                        "--set=stages=[{type: train, steps: 20, batch_size: 16}, "
+                        "{type: prune, name: pruned, steps: 20, batch_size: 16, "
+                        "final_sparsity: 0.5, frequency: 5}]",
+                        "--set=export.formats=[savedmodel, tflite_dynamic_int8]",
+                        "--set=benchmark.enabled=true", "--set=benchmark.stages=all",
+                        "--set=benchmark.batch_sizes=[1]", "--set=benchmark.runs=5",
+                        "--set=benchmark.seconds=0.3")
+    (run_dir,) = (tmp_path / "runs" / "prog").iterdir()
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    timed = {(r["stage"], r["artifact"]) for r in records if r.get("latency")}
+    assert timed == {(s, a) for s in ("train", "pruned")
+                     for a in ("savedmodel", "tflite_dynamic_int8")}, timed
+    assert (run_dir / "artifacts" / "train" / "prog.tflite_dynamic_int8.tflite").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "| train | tflite_dynamic_int8 |" in report and "| pruned | tflite_dynamic_int8 |" \
+        in report
+    manifest = json.loads((tmp_path / "saved_models" / "prog" / "1" / "assets.extra" /
+                           "tfdeploy" / "serving.json").read_text())
+    assert set(manifest["artifacts"]) == {"savedmodel", "tflite_dynamic_int8"}

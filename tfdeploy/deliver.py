@@ -31,9 +31,10 @@ def guarded(what, fn, *args):
         raise ArtifactError(f"{what}: {cause}{hint}") from e
 
 
-def deliver(recipe, context, model, traits, stage_name, records):
-    """Export, evaluate and gate every format of ``recipe.export.formats``, appending a
-    record per artifact to ``records``; benchmark them. Returns (artifacts, gate problems)."""
+def deliver(recipe, context, model, traits, stage_name, records, folder=None):
+    """Export, evaluate and gate every format of ``recipe.export.formats`` (into
+    ``folder``, default ``<run>/artifacts``), appending a record per artifact to
+    ``records``; benchmark them. Returns (artifacts, gate problems)."""
     if not recipe.export.formats:
         return [], []
     reference = context.predict(model)  # every worker takes part in the distributed predict
@@ -41,7 +42,7 @@ def deliver(recipe, context, model, traits, stage_name, records):
         return [], []  # artifacts are the chief's
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
-    job = ExportJob(recipe, context, model, traits)
+    job = ExportJob(recipe, context, model, traits, folder)
     artifacts, problems = [], []
     for name in recipe.export.formats:
         progress.say(f"export {name}: writing")

@@ -222,10 +222,23 @@ def run_stages(recipe, opts, context, stage_list, model, records):
             records.append(finish_stage(result, cfg, context, digest))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
+        if recipe.benchmark.stages == "all" and index < len(stage_list) - 1:
+            deliver_intermediate(recipe, context, model, cfg.name, records)
     if not stage_list:
         rec, _ = evaluate.evaluate_keras(model, context, "input")
         records.append(rec)
     return model, context.traits
+
+
+def deliver_intermediate(recipe, context, model, stage_name, records):
+    """An earlier stage's artifacts (benchmark.stages: all), in ``artifacts/<stage>/``:
+    exported, evaluated and timed for the report; their gates are recorded, not enforced
+    (only the last stage's artifacts are gated and published)."""
+    folder = os.path.join(context.run_dir, "artifacts", stage_name)
+    _, problems = deliver.deliver(recipe, context, model, context.traits, stage_name, records,
+                                  folder)
+    for problem in problems:
+        print(f"  (not gated, an earlier stage) {problem}", flush=True)
 
 
 def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
@@ -272,8 +285,9 @@ def publish_if_passed(recipe, context, artifacts, problems, records):
         return None
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    paths = {a.path for a in artifacts}  # the last stage's, not earlier stages' (stages: all)
     manifest, files = bundle.manifest(recipe, context.plugin, context.task.label_names,
-                                      records, baseline)
+                                      [r for r in records if r.get("path") in paths], baseline)
     target = publish.publish(saved.path, recipe.export.dir, recipe.name, recipe.export.version,
                              add=lambda staging: bundle.write(staging, manifest, files))
     serve_config.write_all(recipe.export.dir, recipe)

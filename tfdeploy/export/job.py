@@ -11,9 +11,9 @@ from tfdeploy.traits import Traits
 
 
 class ExportJob:
-    def __init__(self, recipe, context, model, traits=Traits()):
+    def __init__(self, recipe, context, model, traits=Traits(), folder=None):
         self.recipe, self.context, self.model, self.traits = recipe, context, model, traits
-        self.folder = os.path.join(context.run_dir, "artifacts")
+        self.folder = folder or os.path.join(context.run_dir, "artifacts")
         self._done = {}
 
     def path(self, name):

@@ -77,6 +77,10 @@ class Evaluate:
 @dataclasses.dataclass(kw_only=True)
 class Benchmark:
     enabled: bool = field(False, doc="Benchmark exported artifacts after the run.")
+    stages: Literal["last", "all"] = field(
+        "last", doc="Whose artifacts are exported, evaluated and timed: the last stage's, or "
+                    "every stage's (the report then shows latency and size per stage; only "
+                    "the last stage's are gated and published).")
     batch_sizes: List[int] = field(factory=lambda: [1, 8], ge=1, le=4096, max_items=16,
                                    doc="Batch sizes to time.", unit="examples")
     seq_length: int = field(128, ge=2, le=4096, doc="Sequence length of the timed inputs.",
