@@ -70,7 +70,7 @@ def test_benchmark_every_stage(tmp_path, sst2_dir):
     the last stage's SavedModel is published."""
     import json
 
-    lines = timed_lines(str(tiny_recipe(tmp_path)), f"--output_dir={tmp_path / 'runs'}",
+    timed_lines(str(tiny_recipe(tmp_path)), f"--output_dir={tmp_path / 'runs'}",
                         "--progress_every=0",
                         "--set=stages=[{type: train, steps: 20, batch_size: 16}, "
                         "{type: prune, name: pruned, steps: 20, batch_size: 16, "
