@@ -215,7 +215,8 @@ def run_stages(recipe, opts, context, stage_list, model, records):
                 records.append(json.load(f))
             context.traits = Traits.from_dict(cache.stage_traits(cached))
             if context.is_chief and cached != context.stage_dir:
-                atomic_write_json(context.path("cached.json"), {"from": cached, "hash": digest})
+                atomic_write_json(context.path("cached.json"), {  # relative: the tree may move
+                    "from": os.path.relpath(cached, context.stage_dir), "hash": digest})
         else:
             result = run_stage(stage, cfg, model, context, digest)
             model, context.traits = result.model, result.traits

@@ -117,7 +117,9 @@ def find_history(run_dir, stage):
         cached = os.path.join(folder, "cached.json")
         if os.path.exists(cached):
             with open(cached, encoding="utf-8") as f:
-                folder = json.load(f).get("from", folder)
+                source = json.load(f).get("from", "")
+            folder = next((p for p in (os.path.join(folder, source), source)
+                           if source and os.path.isdir(p)), folder)
         path = os.path.join(folder, "history.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
