@@ -7,7 +7,7 @@ traceback and the server keeps serving.
 """
 import asyncio
 import base64
-import json
+import orjson
 import re
 import time
 
@@ -29,8 +29,14 @@ class HttpError(Exception):
         self.status = status
 
 
+def respond(data, status=200):
+    """JSON (orjson: numpy arrays written directly, no per-float Python objects)."""
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+                        status=status, content_type="application/json")
+
+
 def error(status, message):
-    return web.json_response({"error": message}, status=status)
+    return respond({"error": message}, status)
 
 
 def make_app(manager, metrics, max_request_bytes, timeout_seconds=30.0):
@@ -76,21 +82,21 @@ async def dispatch(manager, request, match, kind, timeout_seconds):
         if kind == "status":
             only_get(request)
             rows = api.status(manager, match["name"], version)
-            return web.json_response({"model_version_status": [
+            return respond({"model_version_status": [
                 {"version": str(n), "state": state,
                  "status": {"error_code": "UNKNOWN" if err else "OK", "error_message": err}}
                 for n, state, err in rows]})
         if kind == "metadata":
             only_get(request)
             with manager.model(match["name"]).using(version) as v:
-                return web.json_response(metadata_json(match["name"], v))
+                return respond(metadata_json(match["name"], v))
         if request.method != "POST":
             raise HttpError(405, f"{kind} needs POST")
         body = await read_json(request, timeout_seconds)
         if kind == "predict":
-            return web.json_response(await predict(manager, match["name"], version, body))
+            return respond(await predict(manager, match["name"], version, body))
         if kind == "classify":
-            return web.json_response(await classify(manager, match["name"], version, body))
+            return respond(await classify(manager, match["name"], version, body))
         if kind == "regress":
             raise HttpError(400, "this model is a classifier; use :classify or :predict")
         raise HttpError(404, f"unknown method :{kind} (predict, classify)")
@@ -124,20 +130,16 @@ async def read_json(request, timeout_seconds):
     if not raw:
         raise HttpError(400, "JSON Parse error: the body is empty")
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError:
         raise HttpError(400, "JSON Parse error: the body is not valid UTF-8") from None
-    try:
-        body = json.loads(text, parse_constant=reject_constant)
-    except (ValueError, RecursionError) as e:
+    try:  # orjson refuses NaN, Infinity, overflowing numbers and nesting over 1024
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
         raise HttpError(400, f"JSON Parse error: {str(e)[:200]}") from None
     if not isinstance(body, dict):
         raise HttpError(400, "JSON Value: the body must be a JSON object")
     return body
-
-
-def reject_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def decode_b64(value):
@@ -163,11 +165,10 @@ async def predict(manager, name, version, body):
     inputs = rows_to_columns(body["instances"], names) if row_format else \
         columns(body["inputs"], names)
     outputs, _ = await api.predict(manager, name, version, sig_name, inputs)
-    listed = {k: v.tolist() for k, v in outputs.items()}
     if row_format:
         count = len(outputs["logits"])
-        return {"predictions": [{k: listed[k][i] for k in OUTPUTS} for i in range(count)]}
-    return {"outputs": listed}
+        return {"predictions": [{k: outputs[k][i] for k in OUTPUTS} for i in range(count)]}
+    return {"outputs": outputs}
 
 
 def signature_name(body):
