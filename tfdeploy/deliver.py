@@ -75,7 +75,8 @@ def evaluate_one(artifact, context, stage_name, reference, traits):
     if artifact.runtime == "litert" and not (traits.sparse and artifact.name == "tflite_fp32"):
         # (sparse-encoded fp32 weights are not readable as plain tensors)
         from tfdeploy.export.tflite import weight_stats
-        rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
+        with progress.heartbeat(f"evaluate {artifact.name}: weight sparsity"):
+            rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
     print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
           f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
           f"max diff {rec['max_abs_diff']:.1e})", flush=True)

@@ -15,7 +15,7 @@ import time
 
 import yaml
 
-from tfdeploy import (cache, checkpoint, evaluate, models, publish, report, stages,
+from tfdeploy import (cache, checkpoint, evaluate, models, progress, publish, report, stages,
                       strategy as strategies)
 # Imported now, not when a long run reaches them: an edit to the tree while a run trains
 # must not hand it a newer module half way.
@@ -220,7 +220,8 @@ def run_stages(recipe, opts, context, stage_list, model, records):
         else:
             result = run_stage(stage, cfg, model, context, digest)
             model, context.traits = result.model, result.traits
-            records.append(finish_stage(result, cfg, context, digest))
+            with progress.heartbeat(f"stage {cfg.name}: evaluating"):
+                records.append(finish_stage(result, cfg, context, digest))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
         if recipe.benchmark.stages == "all" and index < len(stage_list) - 1:
@@ -342,7 +343,8 @@ def run_stage(stage, cfg, model, context, digest):
             raise
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
     if context.is_chief:
-        checkpoint.save(result.model, stage_dir)
+        with progress.heartbeat(f"stage {cfg.name}: saving"):
+            checkpoint.save(result.model, stage_dir)
     shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
     if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
         remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)

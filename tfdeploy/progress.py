@@ -159,8 +159,8 @@ def keras_callback(what, total, per_period, estimate_after=5):
                     f"{clock((total - self.bar.done) / rate)} to go")
 
         def on_epoch_end(self, epoch, logs=None):
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
-                              if isinstance(v, (int, float)))
+            shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
+                              if getattr(v, "shape", ()) == ())
             say(f"{what}: period {epoch + 1}/{-(-total // per_period)}, step "
                 f"{self.bar.done}/{total}: {shown}")
 

@@ -125,21 +125,33 @@ def array(name, value, dtype, shape):
     return arr.astype(dtype)
 
 
-async def predict(manager, name, version, sig_name, inputs):
-    """Outputs {name: array} for ``inputs`` on the version (latest when None), and the
-    version number that answered."""
-    model = manager.model(name)
-    with model.using(version) as v:
+async def answer(manager, name, version, sig_name, inputs):
+    """(outputs {name: array}, version number, labels) from the version that answered
+    (latest when ``version`` is None)."""
+    with manager.model(name).using(version) as v:
         sig_name, _ = signature(v.servable, sig_name)
         rows = to_rows(v.servable, sig_name, inputs)
         parts = await v.runner.submit(rows)
-        return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}, v.number
+        outputs = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+        return outputs, v.number, v.servable.labels
+
+
+async def predict(manager, name, version, sig_name, inputs):
+    """Outputs {name: array} for ``inputs``, and the version number that answered."""
+    outputs, number, _ = await answer(manager, name, version, sig_name, inputs)
+    return outputs, number
+
+
+def classify_signature(servable, requested, examples):
+    """(name, Signature) for classifying ``examples`` (dicts of features): the one asked
+    for, else ``serving_text`` when every example is only ``text``, else the default."""
+    text = TEXT in servable.signatures and all(set(e) == {"text"} for e in examples)
+    return signature(servable, requested or (TEXT if text else ""))
 
 
 async def classify(manager, name, version, sig_name, examples):
-    """[[(label, score)] per example], sorted as the labels are."""
-    outputs, number = await predict(manager, name, version, sig_name, examples)
-    with manager.model(name).using(number) as v:
-        labels = v.servable.labels or [str(i) for i in range(outputs["probabilities"].shape[1])]
+    """[[(label, score)] per example] in label order, and the version number."""
+    outputs, number, labels = await answer(manager, name, version, sig_name, examples)
+    labels = labels or [str(i) for i in range(outputs["probabilities"].shape[1])]
     return [[(labels[i], float(p)) for i, p in enumerate(row)]
             for row in outputs["probabilities"]], number

@@ -13,7 +13,7 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tfdeploy.serve import api
 from tfdeploy.serve.batching import Unavailable
 from tfdeploy.serve.manager import NotFound
-from tfdeploy.serve.servable import TEXT, RequestError
+from tfdeploy.serve.servable import RequestError
 
 CODES = ((NotFound, grpc.StatusCode.NOT_FOUND), (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
          (Unavailable, grpc.StatusCode.UNAVAILABLE))
@@ -81,10 +81,8 @@ class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
             spec = request.model_spec
             examples = examples_of(request.input)
             with self.manager.model(spec.name).using(version_of(spec)) as v:
-                text = TEXT in v.servable.signatures and all(set(e) == {"text"}
-                                                             for e in examples)
-                sig_name, sig = api.signature(v.servable, spec.signature_name or
-                                              (TEXT if text else ""))
+                sig_name, sig = api.classify_signature(v.servable, spec.signature_name,
+                                                       examples)
                 inputs = example_inputs(examples, sig)
             results, number = await api.classify(self.manager, spec.name, version_of(spec),
                                                  sig_name, inputs)
@@ -206,5 +204,5 @@ def example_inputs(examples, sig):
                         raise RequestError(f"examples[{i}].{name}: {len(value)} values, the "
                                            f"signature wants {int(np.prod(fixed))}")
                     column.append(np.reshape(np.asarray(value), fixed).tolist())
-        inputs[name] = column if dtype is np.object_ else column
+        inputs[name] = column
     return inputs

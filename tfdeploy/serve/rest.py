@@ -16,7 +16,7 @@ from aiohttp import web
 from tfdeploy.serve import api
 from tfdeploy.serve.batching import Unavailable
 from tfdeploy.serve.manager import NotFound
-from tfdeploy.serve.servable import OUTPUTS, TEXT, RequestError
+from tfdeploy.serve.servable import OUTPUTS, RequestError
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -236,9 +236,7 @@ async def classify(manager, name, version, body):
         raise RequestError("context: expected an object")
     merged = [{**context, **e} for e in examples]
     with manager.model(name).using(version) as v:
-        text = TEXT in v.servable.signatures and all(set(e) == {"text"} for e in merged)
-        sig_name = signature_name(body) or (TEXT if text else "")
-        sig_name, sig = api.signature(v.servable, sig_name)
+        sig_name, sig = api.classify_signature(v.servable, signature_name(body), merged)
     inputs = rows_to_columns(merged, list(sig.inputs))
     results, _ = await api.classify(manager, name, version, sig_name, inputs)
     return {"results": [[[label, score] for label, score in row] for row in results]}
