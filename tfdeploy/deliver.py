@@ -72,8 +72,7 @@ def deliver(recipe, context, model, traits, stage_name, records, folder=None):
 def evaluate_one(artifact, context, stage_name, reference, traits):
     rec = guarded(f"evaluate {artifact.name} ({artifact.path})", evaluate.evaluate_artifact,
                   artifact, context, stage_name, reference, context.recipe.evaluate.threads)
-    if artifact.runtime == "litert" and not (traits.sparse and artifact.name == "tflite_fp32"):
-        # (sparse-encoded fp32 weights are not readable as plain tensors)
+    if artifact.runtime == "litert" and artifact.plain_weights:
         from tfdeploy.export.tflite import weight_stats
         with progress.heartbeat(f"evaluate {artifact.name}: weight sparsity"):
             rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)

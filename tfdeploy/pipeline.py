@@ -63,7 +63,7 @@ def prepare(recipe, opts):
     task = source.load()
     data_files = source.files()
     plugin = models.create(recipe.model, task.num_labels)
-    train = encode_split(plugin, task.train, recipe.data)
+    train = encode_split(plugin, task.train, recipe.data, source.augmentation())
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
                               recipe.data)
     selection = encode_split(plugin, task.selection, recipe.data) if task.selection else None

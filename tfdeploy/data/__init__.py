@@ -69,6 +69,11 @@ class DataPlugin:
     def load(self) -> Task:
         raise NotImplementedError
 
+    def augmentation(self):
+        """fn(example tensor, stateless seed) -> augmented example for the training stream,
+        or None (the default: no augmentation)."""
+        return None
+
     def files(self):
         """The files ``load`` reads: their bytes are part of every stage's cache key."""
         return []

@@ -4,6 +4,9 @@ Debian's ``dataset-fashion-mnist`` package installs them in
 ``/usr/share/datasets/fashion-mnist/`` (the default ``dir``); ``.gz`` or plain files work.
 When they are not there, the package is fetched without installing it (``apt-get
 download`` + ``dpkg-deb -x``, no root needed) into the tfdeploy cache.
+
+``channels: 3`` repeats each grey image into 3 identical channels, for models whose stem
+expects RGB (the XNNPACK sparse-inference stem is a 3x3 stride-2 conv on 3 channels).
 """
 import dataclasses
 import glob
@@ -15,6 +18,7 @@ import tempfile
 import numpy as np
 
 from tfdeploy.data import DATA, DataPlugin, Split, Task
+from tfdeploy.data.augment import ImageAugmentation
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
 
@@ -64,8 +68,17 @@ def fetch_debian_package(dest):
 @DATA.register("fashion_mnist")
 class FashionMNIST(DataPlugin):
     @dataclasses.dataclass(kw_only=True)
-    class Config(DataConfig):
+    class Config(DataConfig, ImageAugmentation):
         dir: str = field("/usr/share/datasets/fashion-mnist", doc="Folder with the IDX files.")
+        channels: int = field(1, ge=1, le=3, doc="1: grey images as stored; 3: each grey "
+                                                 "image repeated into 3 channels.")
+
+        def check(self):
+            if self.channels not in (1, 3):
+                yield ("channels", f"{self.channels} is not 1 or 3")
+
+    def augmentation(self):
+        return self.config.augmentation()
 
     def find(self):
         d = self.config.dir
@@ -95,6 +108,7 @@ class FashionMNIST(DataPlugin):
             labels = read_idx(os.path.join(d, f"{prefix}-labels-idx1-ubyte"))
             if len(images) != len(labels):
                 raise DataError(f"{d}: {len(images)} {prefix} images but {len(labels)} labels")
+            images = np.repeat(images[..., None], self.config.channels, axis=-1)
             return Split(images, labels.astype(np.int32))
 
         return self.limit(Task(split("train"), split("t10k"), list(LABELS)))

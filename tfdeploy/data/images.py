@@ -7,6 +7,7 @@ from typing import List, Literal, Optional
 import numpy as np
 
 from tfdeploy.data import DATA, DataPlugin, Split, Task
+from tfdeploy.data.augment import ImageAugmentation
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
 
@@ -16,7 +17,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 @DATA.register("images")
 class ImageFolders(DataPlugin):
     @dataclasses.dataclass(kw_only=True)
-    class Config(DataConfig):
+    class Config(DataConfig, ImageAugmentation):
         train: str = field(doc="Folder with one subfolder of images per class.")
         validation: str = field(doc="Folder laid out the same way: reported on, never "
                                     "chooses.")
@@ -31,6 +32,9 @@ class ImageFolders(DataPlugin):
         def check(self):
             if len(self.image_size) != 2 or min(self.image_size) < 1:
                 yield ("image_size", f"{self.image_size} is not [height, width]")
+
+    def augmentation(self):
+        return self.config.augmentation()
 
     def classes(self):
         cfg = self.config

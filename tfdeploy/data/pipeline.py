@@ -126,8 +126,8 @@ class EncodedSplit:
 class DenseSplit:
     """One split of fixed-shape inputs (e.g. images): no bucketing needed."""
 
-    def __init__(self, plugin, split):
-        self.plugin = plugin
+    def __init__(self, plugin, split, augment=None):
+        self.plugin, self.augment = plugin, augment
         self.inputs = plugin.encode(split.examples, None)  # {name: ndarray}
         self.labels = np.asarray(split.labels, np.int32)
 
@@ -140,6 +140,15 @@ class DenseSplit:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
+        if self.augment is not None:
+            augment = self.augment
+            seeds = tf.data.Dataset.random(seed=seed).batch(2)  # one stateless seed per row
+
+            def apply(pair, row_seed):
+                inputs, label = pair
+                return {k: augment(v, row_seed) for k, v in inputs.items()}, label
+
+            ds = tf.data.Dataset.zip((ds, seeds)).map(apply, num_parallel_calls=AUTOTUNE)
         return ds.batch(global_batch, drop_remainder=True).prefetch(AUTOTUNE)
 
     def eval_dataset(self, global_batch, with_labels=False):
@@ -162,8 +171,9 @@ class DenseSplit:
         return gen
 
 
-def encode_split(plugin, split, data_cfg):
-    """The split in the form the model reads: token sequences (bucketed) or dense arrays."""
+def encode_split(plugin, split, data_cfg, augment=None):
+    """The split in the form the model reads: token sequences (bucketed) or dense arrays.
+    ``augment`` (the data source's, for the training split only) perturbs dense rows."""
     if plugin.sequence_input:
         return EncodedSplit(plugin, split, data_cfg.max_length, data_cfg.buckets)
-    return DenseSplit(plugin, split)
+    return DenseSplit(plugin, split, augment)

@@ -19,6 +19,7 @@ class Format:
     name = ""
     runtime = ""        # "tf", "litert" or "onnxruntime": what runs the file
     is_float = False    # float artifacts must agree with Keras within float_tolerance
+    plain_weights = True  # weights stored as plain tensors (False: sparse-encoded)
     suffix = ""         # file name ending; "" for a directory
     order = 100         # position in the default list (and in the JSON Schema)
 
@@ -56,6 +57,10 @@ class Artifact:
     @property
     def is_float(self):
         return self.name in _FORMATS and _FORMATS[self.name].is_float
+
+    @property
+    def plain_weights(self):
+        return self.name not in _FORMATS or _FORMATS[self.name].plain_weights
 
     def runner(self, threads=2):
         """Callable: dict of numpy inputs -> numpy outputs (logits)."""

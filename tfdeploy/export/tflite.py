@@ -3,10 +3,10 @@
 Variants: float32, float16 weights, dynamic-range int8 (weights int8, activations float at
 run time), full int8 (activations calibrated on a representative sample of training data;
 ops without an int8 kernel stay float). A QAT model converts to int8 with its own learned
-ranges. ``sparse`` adds EXPERIMENTAL_SPARSITY to tflite_fp32 so pruned weights are stored
-compressed. Not to the int8 variants: with LiteRT 2.3 their sparse FULLY_CONNECTED fails to
-prepare in XNNPACK, and the file came out larger (measured on a 50%-pruned encoder); the
-zeros of a pruned int8 model still show in its gzip size.
+ranges. ``tflite_fp32`` stores every weight dense; ``tflite_fp32_sparse`` (its own module)
+stores pruned ones sparse. The int8 variants stay dense: with LiteRT 2.3 their sparse
+FULLY_CONNECTED fails to prepare in XNNPACK, and the file came out larger (measured on a
+50%-pruned encoder); the zeros of a pruned int8 model still show in its gzip size.
 """
 
 import numpy as np
@@ -22,7 +22,7 @@ class TFLiteFormat(Format):
     runtime, suffix = "litert", ".tflite"
 
     def write(self, job, path):
-        return export(job.savedmodel(), self.name, path, None, job.traits.sparse)
+        return export(job.savedmodel(), self.name, path)
 
 
 @register

@@ -17,7 +17,7 @@ import tf_keras as keras
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
-from tfdeploy.stages import STAGES, Stage, own_copy, prune_scores
+from tfdeploy.stages import STAGES, Stage, own_copy, prune_scores, prune_xnnpack
 from tfdeploy.stages.prune_scores import CRITERIA
 from tfdeploy.training import FitConfig, fit, step_plan
 from tfdeploy.traits import StageResult
@@ -94,9 +94,10 @@ class Prune(Stage):
         m_by_n: Optional[List[int]] = field(None, doc="Structured M-of-N sparsity, e.g. "
                                                       "[2, 4]; overrides the sparsity "
                                                       "targets.")
-        policy: Literal["none", "xnnpack"] = field("none", doc="xnnpack: "
-                                                               "PruneForLatencyOnXNNPack "
-                                                               "(CNNs).")
+        policy: Literal["none", "xnnpack"] = field(
+            "none", doc="xnnpack: prune only the 1x1 convs of a CNN whose structure "
+                        "XNNPACK's sparse inference takes (TFMOT's "
+                        "PruneForLatencyOnXNNPack); --dry_run explains each layer.")
         criterion: Literal[("magnitude",) + CRITERIA] = field(
             "magnitude", doc="magnitude: TFMOT's |w|. Gradient criteria, scores summed over "
                              "every step, same schedule: gradient = movement (-w*dL/dw, "
@@ -140,6 +141,8 @@ class Prune(Stage):
 
     def _cannot(self, layer):
         cfg = self.config
+        if cfg.policy == "xnnpack":
+            return prune_xnnpack.skip_reason(layer)
         if cfg.m_by_n:
             weight = main_weight(layer)
             n = cfg.m_by_n[1]
@@ -168,6 +171,12 @@ class Prune(Stage):
 
     def wrapped_layers(self, model, context):
         return [l.name for l, ok, _ in plan(model, self.config, self._cannot) if ok]
+
+    def wrap_problems(self, model, context):
+        """Also the structure XNNPACK's sparse inference needs, under policy xnnpack."""
+        found = prune_xnnpack.structure_problems(model) if self.config.policy == "xnnpack" \
+            else []
+        return found + super().wrap_problems(model, context)
 
     def chosen(self, model):
         rows = plan(model, self.config, self._cannot)
@@ -226,13 +235,8 @@ class Prune(Stage):
 
         with context.strategy.scope():
             student = own_copy(model)  # ``model`` stays dense: the teacher when alpha < 1
-            if cfg.policy == "xnnpack":
-                schedule = make_schedule(cfg, begin, end, frequency)
-                pruned = tfmot.sparsity.keras.prune_low_magnitude(
-                    student, pruning_schedule=schedule,
-                    pruning_policy=tfmot.sparsity.keras.PruneForLatencyOnXNNPack())
-            else:
-                pruned = keras.models.clone_model(student, clone_function=wrap)
+            # policy xnnpack: ``names`` are the 1x1 convs; its structure was checked before
+            pruned = keras.models.clone_model(student, clone_function=wrap)
         hook = None
         if cfg.criterion != "magnitude":
             pairs = prune_scores.attach(pruned, context.strategy, cfg.scope)
