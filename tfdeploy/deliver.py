@@ -72,10 +72,10 @@ def deliver(recipe, context, model, traits, stage_name, records, folder=None):
 def evaluate_one(artifact, context, stage_name, reference, traits):
     rec = guarded(f"evaluate {artifact.name} ({artifact.path})", evaluate.evaluate_artifact,
                   artifact, context, stage_name, reference, context.recipe.evaluate.threads)
-    if artifact.runtime == "litert" and artifact.plain_weights:
-        from tfdeploy.export.tflite import weight_stats
-        with progress.heartbeat(f"evaluate {artifact.name}: weight sparsity"):
-            rec["weights_sparsity"] = round(weight_stats(artifact.path)["sparsity"], 6)
+    with progress.heartbeat(f"evaluate {artifact.name}: weight sparsity"):
+        sparsity = artifact.weight_sparsity()
+    if sparsity is not None:
+        rec["weights_sparsity"] = round(sparsity, 6)
     print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
           f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
           f"max diff {rec['max_abs_diff']:.1e})", flush=True)

@@ -19,13 +19,17 @@ class Format:
     name = ""
     runtime = ""        # "tf", "litert" or "onnxruntime": what runs the file
     is_float = False    # float artifacts must agree with Keras within float_tolerance
-    plain_weights = True  # weights stored as plain tensors (False: sparse-encoded)
     suffix = ""         # file name ending; "" for a directory
     order = 100         # position in the default list (and in the JSON Schema)
 
     def write(self, job, path):
         """Write the artifact to ``path`` (atomically) and return the path."""
         raise NotImplementedError
+
+    def weight_sparsity(self, path):
+        """Share of zeros in the matmul/conv weights stored in the file, or None (not
+        measured for this format)."""
+        return None
 
 
 def register(cls):
@@ -58,9 +62,9 @@ class Artifact:
     def is_float(self):
         return self.name in _FORMATS and _FORMATS[self.name].is_float
 
-    @property
-    def plain_weights(self):
-        return self.name not in _FORMATS or _FORMATS[self.name].plain_weights
+    def weight_sparsity(self):
+        return _FORMATS[self.name].weight_sparsity(self.path) if self.name in _FORMATS \
+            else None
 
     def runner(self, threads=2):
         """Callable: dict of numpy inputs -> numpy outputs (logits)."""

@@ -24,6 +24,9 @@ class TFLiteFormat(Format):
     def write(self, job, path):
         return export(job.savedmodel(), self.name, path)
 
+    def weight_sparsity(self, path):
+        return weight_stats(path)["sparsity"]
+
 
 @register
 class Fp32(TFLiteFormat):

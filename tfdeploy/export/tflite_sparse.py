@@ -22,12 +22,35 @@ from tfdeploy.rundir import atomic_write_bytes
 @register
 class Fp32Sparse(TFLiteFormat):
     name, is_float, order = "tflite_fp32_sparse", True, 10.5
-    plain_weights = False
+    def weight_sparsity(self, path):
+        return stored_sparsity(path)
 
     def write(self, job, path):
         data = convert(job.savedmodel(), "tflite_fp32", sparse=True)
         atomic_write_bytes(path, explicit_padding(data))
         return path
+
+
+def stored_sparsity(path):
+    """Zeros among the float weight matrices (2-D and up) of a .tflite file, counting a
+    sparse-stored tensor's missing values as zeros (its buffer holds the kept values)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    with open(path, "rb") as f:
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    zeros = total = 0
+    for graph in model.subgraphs:
+        for tensor in graph.tensors:
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.FLOAT32 or data is None or len(data) == 0 \
+                    or tensor.shape is None or len(tensor.shape) < 2:
+                continue
+            values = np.frombuffer(bytes(data), np.float32)
+            size = int(np.prod(tensor.shape))
+            total += size
+            zeros += size - int(np.count_nonzero(values))  # absent values are zeros
+    return zeros / total if total else 0.0
 
 
 def explicit_padding(data):

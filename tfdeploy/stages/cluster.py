@@ -39,17 +39,25 @@ class Cluster(Stage):
             "auto", doc="Keep pruned zeros as zeros; auto = yes after a prune stage.")
         learning_rate: float = field(1e-5, gt=0, doc="Peak learning rate.")
 
+    @staticmethod
+    def _cannot(layer):
+        # TFMOT 0.8.1's clustering registry lists no clusterable weight for depthwise convs:
+        # wrapped, they would train on with every value distinct.
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            return "skipped: TFMOT clusters no weight of a DepthwiseConv2D"
+        return None
+
     def preflight(self, model, context):
         n = self.config.number_of_clusters
         return [(l.name, f"cluster to {n} values" if ok else reason)
-                for l, ok, reason in plan(model, self.config)]
+                for l, ok, reason in plan(model, self.config, self._cannot)]
 
     def wrapped_layers(self, model, context):
-        return [l.name for l, ok, _ in plan(model, self.config) if ok]
+        return [l.name for l, ok, _ in plan(model, self.config, self._cannot) if ok]
 
     def run(self, model, context):
         cfg = self.config
-        names = chosen(model, cfg, "cluster")
+        names = chosen(model, cfg, "cluster", self._cannot)
         preserve = self.preserves(context.traits)
         before = sparsity_report(model, names)
         params = {"number_of_clusters": cfg.number_of_clusters,

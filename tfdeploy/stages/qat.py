@@ -29,6 +29,7 @@ from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan
 from tfdeploy.stages import STAGES, Stage
+from tfdeploy.stages.fold_bn import fold_batch_norms, inbound_names
 from tfdeploy.training import FitConfig, fit
 from tfdeploy.traits import StageResult
 
@@ -192,6 +193,20 @@ def feeders(model, names):
     return out
 
 
+def conv_followers(model, names):
+    """The ReLU right after a chosen conv (after ``fold_bn`` there is no BN between them),
+    and any batch norm left between: annotated too, TFMOT's layout transforms quantize
+    conv (-> BN) -> ReLU as one unit with one output quantizer, as the int8 file runs it."""
+    inbound = inbound_names(model)
+
+    def after(kinds, sources):
+        return {l.name for l in model.layers if isinstance(l, kinds)
+                and inbound.get(l.name) in [[n] for n in sources]}
+
+    norms = after(keras.layers.BatchNormalization, names)
+    return norms | after((keras.layers.ReLU, keras.layers.Activation), set(names) | norms)
+
+
 def keras_structure(model, names):
     """Per weight shape (sorted dims): zeros and the most distinct values in one layer."""
     out = {}
@@ -267,7 +282,8 @@ class QAT(Stage):
 
     def wrapped_layers(self, model, context):
         names = [l.name for l, ok, _ in plan(model, self.config) if ok]
-        return names + sorted(feeders(model, names))  # feeders get an output quantizer
+        extra = feeders(model, names) | conv_followers(model, names)  # quantized outputs
+        return names + sorted(extra)
 
     def teacher_spec(self):
         return self.config.teacher if self.config.alpha < 1 else None
@@ -284,17 +300,22 @@ class QAT(Stage):
         cfg = self.config
         with context.strategy.scope():
             model = context.plugin.current_graph(model)
+            entering = model
+            model, folded = fold_batch_norms(model)
+        if folded:
+            print(f"  folded {len(folded)} batch norms into their convs", flush=True)
         names = chosen(model, cfg, "qat")
-        inputs = feeders(model, names)
+        followers = conv_followers(model, names)
+        inputs = feeders(model, names) - followers
         scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model))
-        before = keras_structure(model, names)
+        before = keras_structure(entering, names)  # zeros and clusters as they were trained
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
 
         def annotate(layer):
             if isinstance(layer, keras.layers.Embedding) and layer.name in names:
                 return tfmot.quantization.keras.quantize_annotate_layer(
                     layer, quantize_config=WeightOnlyQuantizeConfig())
-            if layer.name in names:  # config from the scheme's registry (see _Registry)
+            if layer.name in names or layer.name in followers:  # the scheme's configs
                 return tfmot.quantization.keras.quantize_annotate_layer(layer)
             if layer.name in inputs:
                 return tfmot.quantization.keras.quantize_annotate_layer(
@@ -305,7 +326,7 @@ class QAT(Stage):
                 keras.utils.custom_object_scope(context.plugin.custom_objects()):
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
-        report = {"scheme": scheme_name, "layers": len(names)}
+        report = {"scheme": scheme_name, "layers": len(names), "folded_batch_norms": folded}
         if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
             from tfdeploy.distillation import fit_distilled, kl_first_last
             from tfdeploy.stages.teacher import load_teacher
@@ -316,15 +337,17 @@ class QAT(Stage):
         else:
             fit(quantized, context, cfg)
         if scheme_name != "default":
-            report.update(self.verify(scheme_name, before, tflite_structure(quantized, context)))
+            report.update(self.verify(scheme_name, before, tflite_structure(quantized, context),
+                                      context.traits.clusters))
         return StageResult(quantized, self.planned_traits(context.traits), report)
 
     def planned_traits(self, entering):
         name, _ = scheme_for(self.config.scheme, entering)
         return dataclasses.replace(entering, quantization_aware=name)
 
-    def verify(self, scheme, before, after):
-        """The preserved structure must survive into the int8 weights; fail if not."""
+    def verify(self, scheme, before, after, clusters=0):
+        """The preserved structure must survive into the int8 weights; fail if not.
+        ``clusters``: values per clustered kernel (a kept zero may add one)."""
         lost, zeros_before, zeros_after = [], 0, 0
         for shape, (zeros, unique) in before.items():
             if shape not in after:
@@ -341,5 +364,8 @@ class QAT(Stage):
                              f"weights: " + "; ".join(lost))
         report = {"int8_zeros": {"before": zeros_before, "after": zeros_after}}
         if "cluster" in scheme:
-            report["int8_max_values_per_channel"] = max(u for _, u in after.values())
+            clustered = [after[k][1] for k, (_, u) in before.items()
+                         if k in after and u <= clusters + 1]
+            report["int8_max_values_per_channel"] = max(clustered, default=0)
+            report["clustered_kernels"] = len(clustered)
         return report

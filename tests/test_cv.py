@@ -1,0 +1,188 @@
+"""Computer vision end to end (#16): the MobileNet-style CNN on real Fashion-MNIST through
+train -> prune (policy xnnpack) -> QAT and cluster -> CQAT, every export format; the
+XNNPACK policy's structure check; training-time augmentation."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+
+FORMATS = ["savedmodel", "tflite_fp32", "tflite_fp32_sparse", "tflite_fp16",
+           "tflite_dynamic_int8", "tflite_int8", "onnx_fp32", "onnx_int8", "onnx_static_int8"]
+
+
+def recipe(name):
+    return os.path.join(ROOT, "recipes", name)
+
+
+def only_run(root, name):
+    runs = [r for r in os.listdir(os.path.join(root, name)) if not r.startswith(".")]
+    assert len(runs) == 1, runs
+    return os.path.join(root, name, runs[0])
+
+
+def tflite_ops(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return [op["op_name"] for op in Interpreter(model_path=path)._get_ops_details()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv")
+    proc = run_cli(recipe("cnn_tiny.yaml"), "--output_dir", str(out), "--progress_every=0",
+                   f"--set=export.dir={out / 'saved_models'}", timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = only_run(str(out), "cnn_tiny")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        return run_dir, json.load(f)["records"]
+
+
+def by_stage(records, stage):
+    return {r["artifact"]: r for r in records if r["stage"] == stage}
+
+
+def test_tiny_cnn_every_format_every_stage(tiny_run):
+    run_dir, records = tiny_run
+    for stage in ("train", "prune", "qat"):
+        got = by_stage(records, stage)
+        assert set(FORMATS) <= set(got), (stage, sorted(got))
+        for name in FORMATS:
+            rec = got[name]
+            assert rec["metrics"]["accuracy"] > 0.5, (stage, name, rec["metrics"])
+            assert rec["size_bytes"] > 0 and rec["gzip_bytes"] > 0
+            assert set(rec["latency"]) == {"batch_1", "batch_32"}, (stage, name)
+    train = by_stage(records, "train")
+    keras_acc = by_stage(records, "train")["keras"]["metrics"]["accuracy"]
+    for name in ("savedmodel", "tflite_fp32", "tflite_fp32_sparse", "onnx_fp32"):
+        assert train[name]["max_abs_diff"] < 1e-4, (name, train[name]["max_abs_diff"])
+    for name in ("tflite_int8", "onnx_static_int8"):  # calibrated on training images
+        assert abs(train[name]["metrics"]["accuracy"] - keras_acc) < 0.03, name
+
+
+def test_pruned_for_xnnpack_and_stored_sparse(tiny_run):
+    run_dir, records = tiny_run
+    report = by_stage(records, "prune")["keras"]["stage_report"]
+    assert set(report["layers"]) == {"block0_pw", "block1_pw", "block2_pw"}  # 1x1 convs only
+    assert min(report["layers"].values()) >= 0.745, report["layers"]
+    prune = by_stage(records, "prune")
+    dense, sparse = prune["tflite_fp32"], prune["tflite_fp32_sparse"]
+    assert sparse["agreement"] == 1.0 and sparse["max_abs_diff"] < 1e-4
+    assert sparse["size_bytes"] < dense["size_bytes"]
+    ops = tflite_ops(os.path.join(run_dir, sparse["path"]))
+    assert "DENSIFY" in ops  # the weights XNNPACK reads as static sparse
+    assert "DENSIFY" not in tflite_ops(os.path.join(run_dir, dense["path"]))
+    assert dense["weights_sparsity"] > 0.3  # all conv/FC weights; the 1x1 convs are 75%
+    assert sparse["weights_sparsity"] == dense["weights_sparsity"]  # read from its sparse buffers
+
+
+def test_qat_int8_folds_batch_norm_and_keeps_zeros(tiny_run):
+    run_dir, records = tiny_run
+    qat = by_stage(records, "qat")
+    ops = tflite_ops(os.path.join(run_dir, qat["tflite_int8"]["path"]))
+    # conv -> BN -> ReLU quantized as one unit: no float batch-norm math between convs
+    assert "MUL" not in ops and "ADD" not in ops, ops
+    assert ops.count("DEQUANTIZE") <= 2, ops
+    report = by_stage(records, "qat")["keras"]["stage_report"]
+    assert report["scheme"] == "prune_preserve"
+
+
+def test_tiny_cqat_keeps_16_values(tmp_path):
+    proc = run_cli(recipe("cnn_tiny_cqat.yaml"), "--output_dir", str(tmp_path),
+                   "--progress_every=0", f"--set=export.dir={tmp_path / 'saved_models'}",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(os.path.join(only_run(str(tmp_path), "cnn_tiny_cqat"), "metrics.json")) as f:
+        records = json.load(f)["records"]
+    cluster = by_stage(records, "cluster")["keras"]["stage_report"]
+    assert max(cluster["unique_weights"].values()) <= 16
+    assert not any(name.endswith("_dw") for name in cluster["unique_weights"])
+    qat = by_stage(records, "qat")["keras"]["stage_report"]
+    assert qat["scheme"] == "cluster_preserve"
+    assert 0 < qat["int8_max_values_per_channel"] <= 16, qat
+
+
+def test_xnnpack_policy_accepts_the_recipe_and_names_a_wrong_stem(tmp_path):
+    ok = run_cli(recipe("cnn_tiny.yaml"), "--dry_run", "--output_dir", str(tmp_path))
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "block0_pw" in ok.stdout and "prune to 75%" in ok.stdout
+    assert "xnnpack: depthwise convs run dense" in ok.stdout
+    assert "FULLY_CONNECTED is not sparsified" in ok.stdout
+    bad = run_cli(recipe("cnn_tiny.yaml"), "--dry_run", "--output_dir", str(tmp_path),
+                  "--set", "model={type: cnn, input_shape: [28, 28, 3]}")
+    assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
+    text = bad.stdout + bad.stderr
+    assert "conv_0" in text and "3x3 stride-2 Conv2D on 3 input channels" in text, text
+    assert "stride 1" in text and "Traceback" not in text
+    assert not os.listdir(tmp_path)
+
+
+def test_structure_check_names_the_layer():
+    import tf_keras as keras
+
+    from tfdeploy.models.mobilenet import MobileNet
+    from tfdeploy.stages.prune_xnnpack import structure_problems
+
+    good = MobileNet(MobileNet.Config(type="mobilenet", width=0.25, depth=2), 10).build()
+    assert structure_problems(good) == []
+    x = inputs = keras.Input((28, 28, 3))
+    x = keras.layers.ZeroPadding2D(1)(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, name="stem")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="wide")(x)  # 3x3 inside: refused
+    x = keras.layers.GlobalAveragePooling2D(keepdims=False, name="gap")(x)
+    problems = dict(structure_problems(keras.Model(inputs, keras.layers.Dense(2)(x))))
+    assert set(problems) == {"wide", "gap"}, problems
+    assert "keepdims" in problems["gap"]
+
+
+def test_augmentation_is_seeded_and_only_in_training():
+    from tfdeploy.data.augment import ImageAugmentation
+    from tfdeploy.data.pipeline import DenseSplit
+    from tfdeploy.data import Split
+    from tfdeploy.models.mobilenet import MobileNet
+
+    plugin = MobileNet(MobileNet.Config(type="mobilenet", input_shape=[8, 8, 3]), 2)
+    images = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 3), np.uint8)
+    split = Split(images, np.zeros(16, np.int32))
+    augment = ImageAugmentation(random_flip=True, random_crop=2).augmentation()
+    assert ImageAugmentation().augmentation() is None
+
+    def first_batch(seed):
+        ds = DenseSplit(plugin, split, augment).train_dataset(16, seed, shuffle=False)
+        return next(iter(ds))[0]["image"].numpy()
+
+    a, b, c = first_batch(1), first_batch(1), first_batch(2)
+    plain = plugin.encode(images)["image"]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a, plain)
+    ev = next(iter(DenseSplit(plugin, split, augment).eval_dataset(16)[0]))
+    assert np.array_equal(ev["image"].numpy(), plain)
+
+
+def test_batch_norm_folding_is_exact_and_keeps_zeros():
+    import tf_keras as keras
+
+    from tfdeploy.models.mobilenet import MobileNet
+    from tfdeploy.stages.fold_bn import fold_batch_norms
+
+    model = MobileNet(MobileNet.Config(type="mobilenet", width=0.25, depth=2), 10).build()
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.random(n) + 0.5, rng.random(n) - 0.5, rng.random(n) - 0.5,
+                               rng.random(n) + 0.5])
+        if layer.name == "block0_pw":
+            kernel = layer.get_weights()[0]
+            kernel[np.abs(kernel) < np.median(np.abs(kernel))] = 0
+            layer.set_weights([kernel])
+    folded, names = fold_batch_norms(model)
+    assert len(names) == 5 and not any(isinstance(l, keras.layers.BatchNormalization)
+                                       for l in folded.layers)
+    x = rng.random((4, 28, 28, 3)).astype(np.float32)
+    assert np.abs(model(x).numpy() - folded(x).numpy()).max() < 1e-4
+    before = model.get_layer("block0_pw").get_weights()[0]
+    after = folded.get_layer("block0_pw").get_weights()[0]
+    assert np.array_equal(before == 0, after == 0)
