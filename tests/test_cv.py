@@ -84,7 +84,7 @@ def test_qat_int8_folds_batch_norm_and_keeps_zeros(tiny_run):
     ops = tflite_ops(os.path.join(run_dir, qat["tflite_int8"]["path"]))
     # conv -> BN -> ReLU quantized as one unit: no float batch-norm math between convs
     assert "MUL" not in ops and "ADD" not in ops, ops
-    assert ops.count("DEQUANTIZE") <= 2, ops
+    assert ops.count("DEQUANTIZE") <= 3, ops  # the last ReLU6 + pool, the outputs
     report = by_stage(records, "qat")["keras"]["stage_report"]
     assert report["scheme"] == "prune_preserve"
 

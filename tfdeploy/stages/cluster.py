@@ -15,6 +15,7 @@ from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
 from tfdeploy.stages import STAGES, Stage, own_copy
+from tfdeploy.stages.fold_bn import fold_batch_norms
 from tfdeploy.training import FitConfig, fit
 from tfdeploy.traits import StageResult
 
@@ -73,7 +74,12 @@ class Cluster(Stage):
             return layer
 
         with context.strategy.scope():
-            clustered = keras.models.clone_model(own_copy(model), clone_function=wrap)
+            # Batch norms folded first: the shared values are then the ones the int8 conv
+            # stores. Folded later (by qat), each output channel's BN scale would multiply
+            # them, and the cluster-preserving QAT kept none of them (measured: 16 values
+            # per kernel became 22-77 per channel in the int8 file).
+            model, folded = fold_batch_norms(own_copy(model))
+            clustered = keras.models.clone_model(model, clone_function=wrap)
         # Best-weights restore is safe here: every evaluation sees clustered weights.
         fit(clustered, context, cfg)
         with context.strategy.scope():
@@ -82,6 +88,7 @@ class Cluster(Stage):
                   for n in names}
         after = sparsity_report(model, names)
         report = {"clusters": cfg.number_of_clusters, "unique_weights": unique,
+                  "folded_batch_norms": folded,
                   "preserve_sparsity": preserve, "sparsity": after["sparsity"]}
         too_many = {n: u for n, u in unique.items() if u > cfg.number_of_clusters}
         if too_many:

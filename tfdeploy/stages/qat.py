@@ -29,7 +29,7 @@ from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan
 from tfdeploy.stages import STAGES, Stage
-from tfdeploy.stages.fold_bn import fold_batch_norms, inbound_names
+from tfdeploy.stages.fold_bn import fold_batch_norms
 from tfdeploy.training import FitConfig, fit
 from tfdeploy.traits import StageResult
 
@@ -193,20 +193,6 @@ def feeders(model, names):
     return out
 
 
-def conv_followers(model, names):
-    """The ReLU right after a chosen conv (after ``fold_bn`` there is no BN between them),
-    and any batch norm left between: annotated too, TFMOT's layout transforms quantize
-    conv (-> BN) -> ReLU as one unit with one output quantizer, as the int8 file runs it."""
-    inbound = inbound_names(model)
-
-    def after(kinds, sources):
-        return {l.name for l in model.layers if isinstance(l, kinds)
-                and inbound.get(l.name) in [[n] for n in sources]}
-
-    norms = after(keras.layers.BatchNormalization, names)
-    return norms | after((keras.layers.ReLU, keras.layers.Activation), set(names) | norms)
-
-
 def keras_structure(model, names):
     """Per weight shape (sorted dims): zeros and the most distinct values in one layer."""
     out = {}
@@ -282,8 +268,7 @@ class QAT(Stage):
 
     def wrapped_layers(self, model, context):
         names = [l.name for l, ok, _ in plan(model, self.config) if ok]
-        extra = feeders(model, names) | conv_followers(model, names)  # quantized outputs
-        return names + sorted(extra)
+        return names + sorted(feeders(model, names))  # feeders get an output quantizer
 
     def teacher_spec(self):
         return self.config.teacher if self.config.alpha < 1 else None
@@ -305,8 +290,7 @@ class QAT(Stage):
         if folded:
             print(f"  folded {len(folded)} batch norms into their convs", flush=True)
         names = chosen(model, cfg, "qat")
-        followers = conv_followers(model, names)
-        inputs = feeders(model, names) - followers
+        inputs = feeders(model, names)
         scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model))
         before = keras_structure(entering, names)  # zeros and clusters as they were trained
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
@@ -315,7 +299,9 @@ class QAT(Stage):
             if isinstance(layer, keras.layers.Embedding) and layer.name in names:
                 return tfmot.quantization.keras.quantize_annotate_layer(
                     layer, quantize_config=WeightOnlyQuantizeConfig())
-            if layer.name in names or layer.name in followers:  # the scheme's configs
+            # No ReLU beyond ``inputs``: TFMOT's LayerReLUQuantize gives the conv before an
+            # annotated ReLU a no-op config (float weights, zeros no longer kept).
+            if layer.name in names:  # config from the scheme's registry (see _Registry)
                 return tfmot.quantization.keras.quantize_annotate_layer(layer)
             if layer.name in inputs:
                 return tfmot.quantization.keras.quantize_annotate_layer(
