@@ -131,6 +131,9 @@ def test_fashion_mnist_idx():
     assert task.train.examples.shape == (60000, 28, 28) and len(task.validation) == 10000
     assert np.bincount(task.validation.labels).tolist() == [1000] * 10
     assert task.label_names[0] == "t-shirt"
+    rgb = source(type="fashion_mnist", channels=3).load()
+    assert rgb.validation.examples.shape == (10000, 28, 28, 3)
+    assert (rgb.validation.examples == task.validation.examples[..., None]).all()
 
 
 def test_one_row_data_is_refused(tmp_path):

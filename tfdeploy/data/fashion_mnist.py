@@ -108,7 +108,8 @@ class FashionMNIST(DataPlugin):
             labels = read_idx(os.path.join(d, f"{prefix}-labels-idx1-ubyte"))
             if len(images) != len(labels):
                 raise DataError(f"{d}: {len(images)} {prefix} images but {len(labels)} labels")
-            images = np.repeat(images[..., None], self.config.channels, axis=-1)
+            if self.config.channels == 3:  # 1: [N, 28, 28] as stored
+                images = np.repeat(images[..., None], 3, axis=-1)
             return Split(images, labels.astype(np.int32))
 
         return self.limit(Task(split("train"), split("t10k"), list(LABELS)))
