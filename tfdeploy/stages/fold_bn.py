@@ -21,8 +21,10 @@ def inbound_names(model):
     """{layer name: names of the layers feeding it} in this model's own graph (from its
     config: a layer object shared with an earlier model, as stripping leaves them, also
     holds that model's nodes)."""
-    out = {}
-    for entry in model.get_config()["layers"]:
+    config, out = model.get_config(), {}
+    if "input_layers" not in config:  # a Sequential config lists no graph: nothing to fold
+        return out
+    for entry in config["layers"]:
         out[entry["name"]] = [ref[0] for node in entry["inbound_nodes"] for ref in node]
     return out
 
