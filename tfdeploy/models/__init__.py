@@ -104,6 +104,22 @@ class ModelPlugin:
         self.require("augment", "augment")
 
 
+class ImageInputs:
+    """Mixin for image models: one float input ``image`` shaped ``config.input_shape``."""
+
+    def input_specs(self):
+        import tensorflow as tf
+
+        return {"image": tf.TensorSpec([None, *self.config.input_shape], tf.float32,
+                                       name="image")}
+
+    def synthetic_inputs(self, batch, seq_length=None, seed=0):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        return {"image": rng.random((batch, *self.config.input_shape), np.float32)}
+
+
 def create(config, num_labels):
     return MODELS.get(config.type)(config, num_labels)
 

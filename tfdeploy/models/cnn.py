@@ -4,15 +4,14 @@ import dataclasses
 from typing import List
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
-from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.models import MODELS, ImageInputs, ModelPlugin
 from tfdeploy.recipe.fields import ModelConfig, field
 
 
 @MODELS.register("cnn")
-class CNN(ModelPlugin):
+class CNN(ImageInputs, ModelPlugin):
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         input_shape: List[int] = field(factory=lambda: [28, 28, 1], doc="Image height, width, "
@@ -45,11 +44,3 @@ class CNN(ModelPlugin):
     def encode(self, images, max_length=None):
         images = np.asarray(images, np.float32) / 255.0
         return {"image": images.reshape((-1, *self.config.input_shape))}
-
-    def input_specs(self):
-        return {"image": tf.TensorSpec([None, *self.config.input_shape], tf.float32,
-                                       name="image")}
-
-    def synthetic_inputs(self, batch, seq_length=None, seed=0):
-        rng = np.random.default_rng(seed)
-        return {"image": rng.random((batch, *self.config.input_shape), np.float32)}

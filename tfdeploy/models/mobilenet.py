@@ -13,11 +13,10 @@ import dataclasses
 from typing import List
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
 from tfdeploy.errors import DataError
-from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.models import MODELS, ImageInputs, ModelPlugin
 from tfdeploy.recipe.fields import ModelConfig, field
 
 # [filters, stride] per depthwise-separable block at width 1.0 (28x28 input: 14x14 after
@@ -26,7 +25,7 @@ DEFAULT_BLOCKS = [[64, 1], [128, 1], [128, 1], [256, 2], [256, 1], [512, 1]]
 
 
 @MODELS.register("mobilenet")
-class MobileNet(ModelPlugin):
+class MobileNet(ImageInputs, ModelPlugin):
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         input_shape: List[int] = field(factory=lambda: [28, 28, 3], doc="Image height, "
@@ -100,11 +99,3 @@ class MobileNet(ModelPlugin):
                             f"model.input_shape is {list(want)} (grey images: set "
                             f"data.channels to {want[-1]})")
         return {"image": images.astype(np.float32) / 255.0}
-
-    def input_specs(self):
-        return {"image": tf.TensorSpec([None, *self.config.input_shape], tf.float32,
-                                       name="image")}
-
-    def synthetic_inputs(self, batch, seq_length=None, seed=0):
-        rng = np.random.default_rng(seed)
-        return {"image": rng.random((batch, *self.config.input_shape), np.float32)}
