@@ -36,7 +36,7 @@ def sha256(path):
 def file_digest(path):
     """sha256 of ``path``'s bytes, hashed once per (path, size, mtime) and remembered in
     the tfdeploy cache (size and mtime alone would miss an edit that keeps both)."""
-    from tfdeploy.models.checkpoints import cache_dir
+    from tfdeploy.wheels import cache_dir
 
     stat = os.stat(path)
     key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -6,7 +6,7 @@ becomes one :class:`ArtifactError` naming the artifact and the cause.
 """
 import os
 
-from tfdeploy import bench, evaluate, export, progress
+from tfdeploy import bench, evaluate, export, objectives, progress
 from tfdeploy.errors import TfdeployError
 from tfdeploy.export.job import ExportJob
 
@@ -41,7 +41,7 @@ def deliver(recipe, context, model, traits, stage_name, records, folder=None):
     if not context.is_chief:
         return [], []  # artifacts are the chief's
     keras_records = [r for r in records if r["artifact"] == "keras"]
-    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    baseline = objectives.value(keras_records[0]) if keras_records else None
     job = ExportJob(recipe, context, model, traits, folder)
     artifacts, problems = [], []
     for name in recipe.export.formats:
@@ -77,9 +77,13 @@ def evaluate_one(artifact, context, stage_name, reference, traits):
     if sparsity is not None:
         rec["weights_sparsity"] = round(sparsity, 6)
     print(f"export {artifact.name}: {artifact.path} ({rec['size_bytes'] / 1e6:.1f} MB, "
-          f"accuracy {rec['metrics']['accuracy']:.4f}, agreement {rec['agreement']:.4f}, "
+          f"{rec['metric']} {objectives.value(rec):.4f}{agreement(rec)}, "
           f"max diff {rec['max_abs_diff']:.1e})", flush=True)
     return rec
+
+
+def agreement(rec):
+    return f", agreement {rec['agreement']:.4f}" if "agreement" in rec else ""
 
 
 def gate(rec, artifact, recipe, baseline, traits):

@@ -9,6 +9,7 @@ strategy scope, so every replica sees the same frozen teacher.
 import tensorflow as tf
 import tf_keras as keras
 
+from tfdeploy.objectives import CLASSIFICATION
 from tfdeploy.training import fit
 
 
@@ -52,8 +53,9 @@ class Distiller(keras.Model):
     (plus ``hidden.weight`` x the hidden-state MSE when ``hidden`` is given)."""
 
     def __init__(self, student, teacher, alpha, temperature, global_batch, hidden=None,
-                 augment=None, gradient_hook=None):
+                 augment=None, gradient_hook=None, objective=CLASSIFICATION):
         super().__init__()
+        self.objective = objective  # the task's losses (not a layer: plain attribute)
         self.gradient_hook = gradient_hook  # sees each step's gradients (prune's scores)
         self.augment = augment  # inputs -> a perturbed copy, learned from the teacher only
         self.student, self.teacher = student, teacher
@@ -70,13 +72,11 @@ class Distiller(keras.Model):
         return self.student(inputs, training=training)
 
     def losses_per_example(self, y, student_logits, teacher_logits):
-        t = self.temperature
-        ce = keras.losses.sparse_categorical_crossentropy(y, student_logits, from_logits=True)
-        soft_teacher = tf.nn.softmax(teacher_logits / t)
-        log_student = tf.nn.log_softmax(student_logits / t)
-        kl = tf.reduce_sum(soft_teacher * (tf.math.log(soft_teacher + 1e-12) - log_student),
-                           axis=-1) * t * t
-        return ce, kl
+        """The task's hard loss and the loss to the teacher (KL at temperature T for
+        classes, squared error for a rating), per example."""
+        objective = self.objective
+        return (objective.per_example(y, student_logits),
+                objective.soft(student_logits, teacher_logits, self.temperature))
 
     def train_step(self, data):
         x, y = data
@@ -140,10 +140,10 @@ class Distiller(keras.Model):
 
 
 def compile_distiller(distiller, optimizer, context):
+    objective = context.task.objective
     with context.strategy.scope():
-        distiller.compile(optimizer=optimizer,
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        distiller.compile(optimizer=optimizer, loss=objective.loss(),
+                          metrics=objective.keras_metrics())
 
 
 def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, augment=None,
@@ -155,7 +155,7 @@ def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, aug
     with context.strategy.scope():
         distiller = Distiller(student, teacher, cfg.alpha, cfg.temperature,
                               context.global_batch(cfg.batch_size), hidden, augment,
-                              gradient_hook)
+                              gradient_hook, context.task.objective)
         _, sample = next(context.validation.numpy_batches(2))
         distiller(sample)  # built before fit, so BackupAndRestore can checkpoint it
     return fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)

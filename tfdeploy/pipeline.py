@@ -15,8 +15,8 @@ import time
 
 import yaml
 
-from tfdeploy import (cache, checkpoint, evaluate, models, progress, publish, report, stages,
-                      strategy as strategies)
+from tfdeploy import (cache, checkpoint, evaluate, models, objectives, progress, publish,
+                      report, stages, strategy as strategies)
 # Imported now, not when a long run reaches them: an edit to the tree while a run trains
 # must not hand it a newer module half way.
 from tfdeploy import bench, deliver, export  # noqa: F401
@@ -63,6 +63,7 @@ def prepare(recipe, opts):
     task = source.load()
     data_files = source.files()
     plugin = models.create(recipe.model, task.num_labels)
+    plugin.adapt(task)
     train = encode_split(plugin, task.train, recipe.data, source.augmentation())
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
                               recipe.data)
@@ -262,7 +263,7 @@ def finish_stage(result, cfg, context, digest):
     if result.report:
         rec["stage_report"] = result.report
     rec["traits"] = result.traits.to_dict()
-    print(f"stage {cfg.name}: validation accuracy {rec['metrics']['accuracy']:.4f}",
+    print(f"stage {cfg.name}: validation {rec['metric']} {objectives.value(rec):.4f}",
           flush=True)
     if context.is_chief:
         atomic_write_json(context.path("eval.json"), rec)
@@ -286,7 +287,7 @@ def publish_if_passed(recipe, context, artifacts, problems, records):
     if problems:
         return None
     keras_records = [r for r in records if r["artifact"] == "keras"]
-    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    baseline = objectives.value(keras_records[0]) if keras_records else None
     paths = {a.path for a in artifacts}  # the last stage's, not earlier stages' (stages: all)
     manifest, files = bundle.manifest(recipe, context.plugin, context.task.label_names,
                                       [r for r in records if r.get("path") in paths], baseline)

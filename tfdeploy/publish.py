@@ -93,7 +93,7 @@ def publish_run(run_dir, root=None, version=0):
     existed. Returns the version's path."""
     import json
 
-    from tfdeploy import models
+    from tfdeploy import models, objectives
     from tfdeploy.recipe.load import load_tree
     from tfdeploy.recipe.schema import Recipe
     from tfdeploy.recipe.validate import validate
@@ -113,7 +113,7 @@ def publish_run(run_dir, root=None, version=0):
         labels = [line.strip() for line in f if line.strip()]
     plugin = models.create(recipe.model, len(labels))
     keras_records = [r for r in records if r["artifact"] == "keras"]
-    baseline = keras_records[0]["metrics"]["accuracy"] if keras_records else None
+    baseline = objectives.value(keras_records[0]) if keras_records else None
     manifest, files = bundle.manifest(recipe, plugin, labels, records, baseline)
     root = root or recipe.export.dir
     target = publish(os.path.join(folder, "savedmodel"), root, recipe.name, version,

@@ -96,13 +96,16 @@ def make_optimizer(cfg: FitConfig, total_steps):
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Remember the weights with the best ``val_accuracy`` and restore them at the end.
+    """Remember the weights with the best ``monitor`` value and restore them at the end.
     With a ``store`` folder (the stage's backup) they survive a kill: a resumed stage still
     chooses among all its evaluations, not only those after the restart."""
 
-    def __init__(self, monitor="val_accuracy", store=None, write=True, resuming=False):
+    def __init__(self, monitor="val_accuracy", store=None, write=True, resuming=False,
+                 higher_is_better=True):
         super().__init__()
-        self.monitor, self.best, self.weights, self.best_epoch = monitor, -np.inf, None, None
+        self.monitor, self.weights, self.best_epoch = monitor, None, None
+        self.sign = 1.0 if higher_is_better else -1.0  # best is stored as sign * value
+        self.best = -np.inf
         self.store, self.write, self.resuming = store, write, resuming
 
     def on_train_begin(self, logs=None):
@@ -117,8 +120,8 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is not None and value > self.best:
-            self.best, self.best_epoch = value, epoch
+        if value is not None and self.sign * value > self.best:
+            self.best, self.best_epoch = self.sign * value, epoch
             self.weights = self.model.get_weights()
             if self.store and self.write:
                 self.save()
@@ -165,11 +168,12 @@ class PeriodLog(keras.callbacks.Callback):
         return {k: [p.get(k) for p in self.periods] for k in keys}
 
 
-def compile_for_classification(model, optimizer, context):
+def compile_for_task(model, optimizer, context):
+    """The task objective's loss and metric (class accuracy, RMSE, AUC)."""
+    objective = context.task.objective
     with context.strategy.scope():
-        model.compile(optimizer=optimizer,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        model.compile(optimizer=optimizer, loss=objective.loss(),
+                      metrics=objective.keras_metrics())
 
 
 def step_plan(context, cfg: FitConfig):
@@ -185,7 +189,8 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     global_batch = context.global_batch(cfg.batch_size)
     total, periods, per_period = step_plan(context, cfg)
     optimizer = make_optimizer(cfg, periods * per_period)
-    (compile_fn or compile_for_classification)(model, optimizer, context)
+    (compile_fn or compile_for_task)(model, optimizer, context)
+    objective = context.task.objective
     extra = list(callbacks)
     selection = context.selection_dataset()
     if selection is None and cfg.early_stopping:
@@ -199,11 +204,13 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
         if found:
             print(f"  resuming from backup {found}", flush=True)
         extra.append(keras.callbacks.BackupAndRestore(backup))
-    keep = KeepBest(store=backup, write=context.is_chief, resuming=found is not None) \
+    monitor = "val_" + objective.name
+    keep = KeepBest(monitor, backup, context.is_chief, found is not None,
+                    objective.higher_is_better) \
         if cfg.keep_best and selection is not None else None
     if cfg.early_stopping:
-        extra.append(keras.callbacks.EarlyStopping("val_accuracy", patience=cfg.early_stopping,
-                                                   mode="max"))
+        extra.append(keras.callbacks.EarlyStopping(monitor, patience=cfg.early_stopping,
+                                                   mode=objective.mode))
     if keep:
         extra.append(keep)
     period_log = PeriodLog(backup, context.is_chief, found is not None) if backup else None

@@ -10,6 +10,7 @@ from typing import List, Optional
 import numpy as np
 
 from tfdeploy.errors import DataError
+from tfdeploy.objectives import CLASSIFICATION, Objective
 from tfdeploy.recipe.fields import DataConfig, Registry, field, import_submodules
 
 DATA = Registry("data")
@@ -41,10 +42,12 @@ class Task:
     validation: Split             # reported on; never chooses anything
     label_names: List[str]
     selection: Optional[Split] = None  # carved from train; checkpoints are chosen on it
+    objective: Objective = CLASSIFICATION  # loss, metric and which way is better
 
     @property
     def num_labels(self):
-        return len(self.label_names)
+        """The model's output width (1 for a rating or a click)."""
+        return self.objective.output_width(len(self.label_names))
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -98,7 +101,7 @@ class DataPlugin:
             train, selection = train.subset(np.sort(order[cut:])), \
                 train.subset(np.sort(order[:cut]))
         return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names,
-                    selection)
+                    selection, task.objective)
 
 
 def create(config, seed=0):

@@ -85,7 +85,7 @@ class FashionMNIST(DataPlugin):
         if os.path.exists(os.path.join(d, "train-labels-idx1-ubyte.gz")) or \
                 os.path.exists(os.path.join(d, "train-labels-idx1-ubyte")):
             return d
-        from tfdeploy.models.checkpoints import cache_dir
+        from tfdeploy.wheels import cache_dir
 
         cached = os.path.join(cache_dir(), "data", "fashion-mnist")
         if not os.path.exists(os.path.join(cached, "train-labels-idx1-ubyte.gz")):

@@ -129,7 +129,8 @@ class DenseSplit:
     def __init__(self, plugin, split, augment=None):
         self.plugin, self.augment = plugin, augment
         self.inputs = plugin.encode(split.examples, None)  # {name: ndarray}
-        self.labels = np.asarray(split.labels, np.int32)
+        labels = np.asarray(split.labels)  # class ids, or real targets (ratings)
+        self.labels = labels.astype(np.int32 if labels.dtype.kind in "iu" else np.float32)
 
     def __len__(self):
         return len(self.labels)

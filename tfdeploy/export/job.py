@@ -27,7 +27,7 @@ class ExportJob:
         """Write format ``name``; return its Artifact."""
         return export.Artifact(name, export.get(name).write(self, self.path(name)))
 
-    def _once(self, key, make):
+    def once(self, key, make):
         if key not in self._done:
             self._done[key] = make()
         return self._done[key]
@@ -37,7 +37,7 @@ class ExportJob:
         from tfdeploy.export import savedmodel
 
         plugin = self.context.plugin
-        return self._once("savedmodel", lambda: savedmodel.write(
+        return self.once("savedmodel", lambda: savedmodel.write(
             self.model, plugin.input_specs(), self.context.task.label_names,
             self.path("savedmodel")))
 
@@ -46,7 +46,7 @@ class ExportJob:
         from tfdeploy.export import onnx
 
         plugin = self.context.plugin
-        return self._once("onnx_fp32", lambda: onnx.write_fp32(
+        return self.once("onnx_fp32", lambda: onnx.write_fp32(
             self.model, plugin.input_specs(), self.path("onnx_fp32"), self.recipe.export.opset,
             plugin.onnx_rewrite))
 

@@ -37,6 +37,15 @@ class ModelPlugin:
     def __init__(self, config, num_labels):
         self.config, self.num_labels = config, num_labels
 
+    def adapt(self, task):
+        """Learn what the model's shape depends on from the training split (vocabularies);
+        called once, before ``build`` and ``encode``. Default: nothing to learn."""
+
+    def variant(self, config):
+        """A plugin for ``config`` (e.g. a distillation student) that shares what this one
+        learned in ``adapt``."""
+        return MODELS.get(config.type)(config, self.num_labels)
+
     def build(self):
         raise NotImplementedError
 

@@ -10,6 +10,7 @@ latency at each batch size with its ratio to the SavedModel.
 """
 import os
 
+from tfdeploy import objectives
 from tfdeploy.report import html, plots
 from tfdeploy.report.records import artifacts, batch_sizes, fmt, latency, recommend
 from tfdeploy.rundir import atomic_write_text
@@ -36,23 +37,28 @@ def markdown(summary, pngs=()):
     return "\n".join(lines) + "\n"
 
 
+def metric_title(metric):
+    return "Accuracy" if metric == "accuracy" else metric.upper()
+
+
 def summary_section(summary):
     keras = [r for r in summary["records"] if r["artifact"] == "keras"]
-    baseline = keras[0]["metrics"]["accuracy"] if keras else None
+    baseline = objectives.value(keras[0]) if keras else None
+    metric = objectives.of(keras[0]).name if keras else "accuracy"
     failed = [r for r in artifacts(summary) if r.get("gate", "passed") != "passed"]
     lines = ["## Summary", "",
              f"{len(keras)} stage(s), {len(artifacts(summary))} artifact(s), "
              f"{summary['seconds']:.0f} s, strategy {summary['strategy']['strategy']} "
-             f"({summary['strategy']['replicas']} replica(s)). Accuracy is on the validation "
+             f"({summary['strategy']['replicas']} replica(s)). {metric_title(metric)} is on "
+             f"the validation "
              f"split, which chose nothing" + (f"; baseline (first stage) {baseline:.4f}."
                                               if baseline is not None else ".")]
     for goal, rec in recommend(summary).items():
-        accuracy = rec["metrics"]["accuracy"]
-        drop = "" if baseline is None else f" (drop {baseline - accuracy:+.4f})"
+        drop = "" if baseline is None else f" (drop {objectives.drop(rec, baseline):+.4f})"
         size = rec.get("size_bytes")
         lat = "".join(f", b{b} {latency(rec, b):.2f} ms" for b in batch_sizes([rec]))
         lines.append(f"- **Recommended, {goal}:** `{rec['artifact']}` of stage "
-                     f"{rec['stage']} ({rec['runtime']}): accuracy {accuracy:.4f}{drop}, "
+                     f"{rec['stage']} ({rec['runtime']}): {metric} {objectives.value(rec):.4f}{drop}, "
                      f"{fmt(size and size / 1e6, '.1f')} MB{lat}.")
     for rec in failed:
         lines.append(f"- **Failed its gate:** `{rec['artifact']}` — {rec['gate']}")
@@ -63,13 +69,15 @@ def summary_section(summary):
 
 
 def stage_section(summary):
-    lines = ["## Stages", "", "| stage | accuracy | selection accuracy | sparsity | clusters | "
+    keras = [r for r in summary["records"] if r["artifact"] == "keras"]
+    metric = objectives.of(keras[0]).name if keras else "accuracy"
+    lines = ["## Stages", "", f"| stage | {metric} | selection {metric} | sparsity | clusters | "
              "QAT scheme | distilled |", "|---|---|---|---|---|---|---|"]
-    for rec in (r for r in summary["records"] if r["artifact"] == "keras"):
+    for rec in keras:
         t = rec.get("traits") or {}
-        chosen = (rec.get("selection") or {}).get("metrics", {}).get("accuracy")
+        chosen = (rec.get("selection") or {}).get("metrics", {}).get(metric)
         pattern = f" ({t['sparsity_pattern']})" if t.get("sparsity_pattern") else ""
-        lines.append(f"| {rec['stage']} | {rec['metrics']['accuracy']:.4f} | "
+        lines.append(f"| {rec['stage']} | {objectives.value(rec):.4f} | "
                      f"{fmt(chosen, '.4f')} | "
                      f"{fmt(t.get('sparsity') or None, '.1%')}{pattern if t.get('sparsity') else ''}"
                      f" | {t.get('clusters') or ''} | {t.get('quantization_aware') or ''} | "
@@ -80,9 +88,10 @@ def stage_section(summary):
 def artifact_section(summary):
     records = artifacts(summary)
     keras = [r for r in summary["records"] if r["artifact"] == "keras"]
-    baseline = keras[0]["metrics"]["accuracy"] if keras else None
+    baseline = objectives.value(keras[0]) if keras else None
+    metric = objectives.of(keras[0]).name if keras else "accuracy"
     batches = batch_sizes(records)
-    header = ["stage", "artifact", "runtime", "accuracy", "drop", "agreement", "max diff",
+    header = ["stage", "artifact", "runtime", metric, "drop", "agreement", "max diff",
               "MB", "gzip MB", "weight sparsity", "gate"]
     for b in batches:
         header += [f"b{b} median/p90 ms", f"b{b} ratio"]
@@ -91,10 +100,9 @@ def artifact_section(summary):
              "the TF SavedModel's.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
-        acc = r["metrics"]["accuracy"]
         size, gz = r.get("size_bytes"), r.get("gzip_bytes")
-        row = [r["stage"], r["artifact"], r["runtime"], f"{acc:.4f}",
-               fmt(None if baseline is None else baseline - acc, "+.4f"),
+        row = [r["stage"], r["artifact"], r["runtime"], f"{objectives.value(r):.4f}",
+               fmt(objectives.drop(r, baseline), "+.4f"),
                fmt(r.get("agreement"), ".4f"), fmt(r.get("max_abs_diff"), ".1e"),
                fmt(size and size / 1e6, ".1f"), fmt(gz and gz / 1e6, ".1f"),
                fmt(r.get("weights_sparsity"), ".1%"),

@@ -4,6 +4,7 @@ bars for pruned stages, and each stage's training curves."""
 import json
 import os
 
+from tfdeploy import objectives
 from tfdeploy.report.records import artifacts, batch_sizes, latency
 
 
@@ -50,17 +51,19 @@ def save(fig, path):
 def scatter(summary, run_dir, x_of, label, name):
     import matplotlib.pyplot as plt
 
-    pts, names = [], []
+    pts, names, metric, sign = [], [], "accuracy", 1
     for r in artifacts(summary):
         x = x_of(r)
         if x:
-            pts.append((x, r["metrics"]["accuracy"]))
+            pts.append((x, objectives.value(r)))
             names.append(f"{r['artifact']} ({r['stage']})")
+            metric = objectives.of(r).name
+            sign = 1 if objectives.of(r).higher_is_better else -1
     if not pts:
         return []
     import math
 
-    front = set(pareto(pts))
+    front = set(pareto([(x, sign * y) for x, y in pts]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     xs = [x for x, _ in pts]
     log = max(xs) / min(xs) > 10
@@ -83,8 +86,8 @@ def scatter(summary, run_dir, x_of, label, name):
     line = sorted(pts[i] for i in front)
     ax.plot([p[0] for p in line], [p[1] for p in line], "r--", lw=1, zorder=2)
     ax.set_xlabel(label)
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{summary['recipe']}: accuracy vs {label.split(' (')[0].split(',')[0]} "
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(f"{summary['recipe']}: {metric} vs {label.split(' (')[0].split(',')[0]} "
                  f"(* Pareto front)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
               handlelength=0, handletextpad=0)
@@ -134,13 +137,14 @@ def curves(stage, history, run_dir):
     if not series:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, axis in (("loss", left), ("val_loss", left), ("accuracy", right),
-                      ("val_accuracy", right)):
+    metric = next((k for k in ("accuracy", "rmse", "auc") if k in series), "accuracy")
+    for key, axis in (("loss", left), ("val_loss", left), (metric, right),
+                      ("val_" + metric, right)):
         if key in series:
             steps = [(i + 1) * history.get("steps", len(series[key])) / len(series[key])
                      for i in range(len(series[key]))]
             axis.plot(steps, series[key], marker="o", label=key.replace("val_", "selection "))
-    for axis, what in ((left, "loss"), (right, "accuracy")):
+    for axis, what in ((left, "loss"), (right, metric)):
         axis.set_xlabel("step")
         axis.set_title(f"stage {stage}: {what}")
         axis.legend(fontsize=8)

@@ -23,7 +23,7 @@ def flat(tree, prefix=""):
 
 
 def numbers(rec):
-    out = {"accuracy": rec["metrics"]["accuracy"]}
+    out = dict(rec["metrics"])
     for key in ("agreement", "size_bytes", "gzip_bytes", "weights_sparsity"):
         if rec.get(key) is not None:
             out[key] = rec[key]

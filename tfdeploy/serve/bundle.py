@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 
+from tfdeploy import objectives
+
 FOLDER = os.path.join("assets.extra", "tfdeploy")
 MANIFEST = "serving.json"
 
@@ -22,10 +24,11 @@ def manifest(recipe, plugin, label_names, records, baseline):
         name = rec["artifact"]
         if name == "keras" or not rec.get("path") or not os.path.exists(rec["path"]):
             continue
-        entry = {"runtime": rec["runtime"], "accuracy": rec["metrics"].get("accuracy"),
+        metric = objectives.of(rec).name
+        entry = {"runtime": rec["runtime"], "metric": metric, metric: objectives.value(rec),
                  "agreement": rec.get("agreement"), "size_bytes": rec.get("size_bytes")}
-        if baseline is not None and entry["accuracy"] is not None:
-            entry["drop"] = round(baseline - entry["accuracy"], 6)
+        if baseline is not None:
+            entry["drop"] = round(objectives.drop(rec, baseline), 6)
         latency = rec.get("latency", {}).get("batch_1", {}).get("median_ms")
         if latency is not None:
             entry["latency_ms_batch_1"] = latency

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 from typing import Any, Dict, List, Optional
 
-from tfdeploy import models
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.distillation import HiddenStates, fit_distilled, kl_first_last
@@ -86,7 +85,7 @@ class Distill(Stage):
             if cfg.student_layers is not None:
                 plugin.require("student_layers", "distill: student_layers (or use student:)")
                 return plugin.student_from(teacher, cfg.student_layers)
-            return models.create(self.student_config(plugin), plugin.num_labels).build()
+            return plugin.variant(self.student_config(plugin)).build()
 
     def student_config(self, plugin):
         """The student's model config: the teacher's fields with ``student`` on top."""

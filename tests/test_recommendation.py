@@ -1,0 +1,165 @@
+"""Recommendation end to end (#17): the ranker on real MovieLens-100k ratings (from the
+recbole wheel) through every export format; unseen users and items; malformed data;
+the time split; the RMSE and AUC objectives."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+
+FORMATS = ["savedmodel", "tflite_fp32", "tflite_fp16", "tflite_dynamic_int8",
+           "tflite_int8_embeddings", "onnx_fp32", "onnx_int8", "onnx_int8_embeddings"]
+TINY = os.path.join(ROOT, "recipes", "movielens_tiny.yaml")
+
+
+def only_run(root, name):
+    runs = [r for r in os.listdir(os.path.join(root, name)) if not r.startswith(".")]
+    assert len(runs) == 1, runs
+    return os.path.join(root, name, runs[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec")
+    proc = run_cli(TINY, "--output_dir", str(out), "--progress_every=0",
+                   f"--set=export.dir={out / 'saved_models'}", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = only_run(str(out), "movielens_tiny")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        return run_dir, {r["artifact"]: r for r in json.load(f)["records"]}
+
+
+def test_tiny_ranker_every_format(tiny_run):
+    run_dir, got = tiny_run
+    keras_rmse = got["keras"]["metrics"]["rmse"]
+    assert got["keras"]["metric"] == "rmse" and 0.8 < keras_rmse < 1.2, got["keras"]
+    for name in FORMATS:
+        rec = got[name]
+        assert rec["metric"] == "rmse" and rec["finite"], name
+        assert abs(rec["metrics"]["rmse"] - keras_rmse) < 0.01, (name, rec["metrics"])
+        assert set(rec["latency"]) == {"batch_1", "batch_256"}, name
+        assert "agreement" not in rec  # no classes to agree on
+    for name in ("savedmodel", "tflite_fp32", "onnx_fp32"):
+        assert got[name]["max_abs_diff"] < 1e-4, (name, got[name]["max_abs_diff"])
+    for name in ("tflite_int8_embeddings", "onnx_int8_embeddings"):
+        fp32 = got[name.replace("int8_embeddings", "fp32")]
+        assert got[name]["size_bytes"] < 0.5 * fp32["size_bytes"], name
+        assert 0 < got[name]["max_abs_diff"] < 0.15, name  # int8 rows and dense weights
+    report = open(os.path.join(run_dir, "report.md"), encoding="utf-8").read()
+    assert "| stage | rmse | selection rmse |" in report
+
+
+def test_int8_tables_are_read_as_int8(tiny_run):
+    """The TFLite GATHERs and ONNX Gathers of the int8-embeddings artifacts read int8."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    run_dir, got = tiny_run
+    interp = Interpreter(model_path=os.path.join(run_dir, got["tflite_int8_embeddings"]["path"]))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    tables = [tensors[op["inputs"][0]] for op in interp._get_ops_details()
+              if op["op_name"] == "GATHER"]
+    wide = [t for t in tables if t["shape"][1] > 1]  # the per-row scales are [rows, 1]
+    assert len(wide) == 6 and all(t["dtype"] == np.int8 for t in wide)  # user, item, 4 side
+    model = onnx.load(os.path.join(run_dir, got["onnx_int8_embeddings"]["path"]))
+    int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert sum(n.input[0] in int8 for n in gathers) >= 8
+
+
+def load_plugin(*overrides):
+    import tfdeploy  # noqa: F401
+    from tfdeploy import data, models
+    from tfdeploy.recipe.load import load_tree
+    from tfdeploy.recipe.schema import Recipe
+    from tfdeploy.recipe.validate import validate
+
+    recipe = validate(Recipe, *load_tree(TINY, list(overrides)))
+    task = data.create(recipe.data, recipe.seed).load()
+    plugin = models.create(recipe.model, task.num_labels)
+    plugin.adapt(task)
+    return task, plugin
+
+
+def test_unseen_user_and_item_get_a_prediction(tiny_run):
+    from tfdeploy.export import runner_for
+
+    run_dir, got = tiny_run
+    task, plugin = load_plugin()
+    rows = task.validation.examples[:2].copy()
+    rows["user_id"] = ["no-such-user", rows["user_id"][1]]
+    rows["item_id"] = [rows["item_id"][0], "99999"]
+    rows["occupation"] = ["astronaut", rows["occupation"][1]]
+    inputs = plugin.encode(rows)
+    assert inputs["user_id"][0] == 0 and inputs["item_id"][1] == 0  # the OOV rows
+    assert inputs["occupation"][0] == 0 and inputs["user_id"][1] > 0
+    for name in ("savedmodel", "tflite_int8_embeddings", "onnx_fp32"):
+        out = np.reshape(runner_for(os.path.join(run_dir, got[name]["path"]))(inputs), -1)
+        assert out.shape == (2,) and np.all(np.isfinite(out)), (name, out)
+        assert np.all((out > 0) & (out < 6)), (name, out)  # a rating, not garbage
+
+
+def ml_copy(tmp_path):
+    from tfdeploy.wheels import cache_dir
+
+    src = os.path.join(cache_dir(), "data", "ml-100k")
+    dst = tmp_path / "ml-100k"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_malformed_rating_row_names_file_and_line(tiny_run, tmp_path):
+    folder = ml_copy(tmp_path)
+    inter = folder / "ml-100k.inter"
+    lines = inter.read_text().splitlines()
+    lines[41] = lines[41].split("\t")[0] + "\t242\tfive\t881250949"
+    inter.write_text("\n".join(lines) + "\n")
+    proc = run_cli(TINY, "--dry_run", f"--set=data.dir={folder}")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{inter}:42: rating 'five' is not a number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    lines[41] = "196\t242"  # a field short
+    inter.write_text("\n".join(lines) + "\n")
+    proc = run_cli(TINY, "--dry_run", f"--set=data.dir={folder}")
+    assert proc.returncode == 2 and f"{inter}:42: expected 4 tab-separated" in proc.stderr
+
+
+def test_rating_of_unknown_user_names_line(tiny_run, tmp_path):
+    folder = ml_copy(tmp_path)
+    inter = folder / "ml-100k.inter"
+    lines = inter.read_text().splitlines()
+    lines[7] = "5000\t242\t3\t881250949"
+    inter.write_text("\n".join(lines) + "\n")
+    proc = run_cli(TINY, "--dry_run", f"--set=data.dir={folder}")
+    assert proc.returncode == 2
+    assert f"{inter}:8: user '5000' is not in" in proc.stderr
+
+
+def test_time_split_holds_out_each_users_latest(tiny_run):
+    task, _ = load_plugin("data.split=time", "data.max_train_examples=0",
+                          "data.selection_split=0")
+    train, test = task.train.examples, task.validation.examples
+    assert abs(len(test) / (len(train) + len(test)) - 0.2) < 0.01
+    for user in np.unique(test["user_id"])[:50]:
+        assert test["timestamp"][test["user_id"] == user].min() >= \
+            train["timestamp"][train["user_id"] == user].max()
+
+
+def test_click_target_and_auc():
+    from tfdeploy.objectives import OBJECTIVES, auc
+
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=300), (rng.random(300) < 0.4).astype(np.float32)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert abs(auc(scores, labels) - brute) < 1e-12
+    assert auc(np.round(scores), labels) == pytest.approx(
+        np.mean([(p > n) + 0.5 * (p == n) for p in np.round(pos) for n in np.round(neg)]))
+    click = OBJECTIVES["auc"]
+    assert click.scores(scores[:, None], labels)["auc"] == pytest.approx(brute)
+    assert click.drop(0.80, 0.78) == pytest.approx(0.02)
+    assert OBJECTIVES["rmse"].drop(0.90, 0.91) == pytest.approx(0.01)  # lower is better

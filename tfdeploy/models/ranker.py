@@ -1,0 +1,138 @@
+"""A rating/click model for recommendation: embeddings of user, item and side features, a
+DCN-v2 cross network and an MLP tower, plus the matrix-factorisation terms (user . item,
+user and item biases).
+
+Every part is a stock tf-keras layer (Embedding, Dense, Multiply, Add, Dot), so TFMOT can
+prune, cluster and quantize the dense part and the exporters see plain GATHERs. The
+vocabularies come from the training split (:meth:`Ranker.adapt`); row 0 of every table is
+the out-of-vocabulary row, so an unseen user or item still gets a prediction (from its
+side features and the learned OOV rows).
+"""
+import dataclasses
+from typing import List
+
+import numpy as np
+import tf_keras as keras
+
+from tfdeploy.errors import DataError
+from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.recipe.fields import ModelConfig, field
+
+IDS = ("user_id", "item_id")
+TOKENS = ("age", "gender", "occupation", "year")  # side features with one token each
+BAG = "genres"                                    # a "|"-separated bag of tokens
+
+
+@dataclasses.dataclass
+class Vocabularies:
+    tokens: dict          # feature -> sorted array of known tokens (row = index + 1)
+    genres: list          # bag tokens, in multi-hot column order
+    mean: float           # the training labels' mean: the output bias starts there
+
+    def rows(self, feature, values):
+        """Table rows of ``values`` (0 for tokens not seen in training)."""
+        known = self.tokens[feature]
+        values = np.asarray(values).astype(known.dtype)
+        at = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
+        hit = known[at] == values if len(known) else np.zeros(len(values), bool)
+        return np.where(hit, at + 1, 0).astype(np.int32)
+
+    def multi_hot(self, bags):
+        column = {g: i for i, g in enumerate(self.genres)}
+        out = np.zeros((len(bags), len(self.genres)), np.float32)
+        for r, bag in enumerate(bags):
+            for token in str(bag).split("|"):
+                if token in column:
+                    out[r, column[token]] = 1.0
+        return out
+
+
+@MODELS.register("ranker")
+class Ranker(ModelPlugin):
+    @dataclasses.dataclass(kw_only=True)
+    class Config(ModelConfig):
+        embedding_dim: int = field(64, ge=1, le=4096, doc="Width of the user and item "
+                                                          "embeddings.")
+        side_dim: int = field(8, ge=1, le=1024, doc="Width of each side feature's "
+                                                    "embedding (age, gender, occupation, "
+                                                    "year, genres).")
+        cross_layers: int = field(2, ge=0, le=8, doc="DCN-v2 cross layers on the "
+                                                     "concatenated embeddings.")
+        hidden: List[int] = field(factory=lambda: [128, 64], ge=1, max_items=8,
+                                  doc="Units of the MLP tower's Dense layers (ReLU).")
+        l2: float = field(5e-3, ge=0, doc="L2 penalty on the embedding tables.")
+        dropout: float = field(0.0, ge=0, lt=1, doc="Dropout on the concatenated "
+                                                    "embeddings.")
+
+    vocab = None
+
+    def adapt(self, task):
+        """Vocabularies (and the label mean) from the training rows only."""
+        ex = task.train.examples
+        for name in IDS + TOKENS + (BAG,):
+            if getattr(ex, "dtype", None) is None or name not in (ex.dtype.names or ()):
+                raise DataError(f"model ranker: the data has no feature {name!r} (it needs "
+                                f"{', '.join(IDS + TOKENS + (BAG,))}; use data type "
+                                f"movielens)")
+        genres = sorted({g for bag in ex[BAG] for g in str(bag).split("|") if g})
+        self.vocab = Vocabularies({f: np.unique(ex[f]) for f in IDS + TOKENS}, genres,
+                                  float(np.mean(task.train.labels)))
+
+    def variant(self, config):
+        other = super().variant(config)
+        other.vocab = self.vocab
+        return other
+
+    def sizes(self):
+        return {f: len(self.vocab.tokens[f]) + 1 for f in IDS + TOKENS}
+
+    def build(self):
+        cfg, sizes = self.config, self.sizes()
+        reg = keras.regularizers.l2(cfg.l2) if cfg.l2 else None
+        inputs = {f: keras.Input((), dtype="int32", name=f) for f in IDS + TOKENS}
+        inputs[BAG] = keras.Input((len(self.vocab.genres),), name=BAG)
+
+        def table(feature, width, name):
+            return keras.layers.Embedding(sizes[feature], width, embeddings_regularizer=reg,
+                                          name=name)(inputs[feature])
+
+        user, item = table("user_id", cfg.embedding_dim, "user_embedding"), \
+            table("item_id", cfg.embedding_dim, "item_embedding")
+        side = [table(f, cfg.side_dim, f"{f}_embedding") for f in TOKENS]
+        side.append(keras.layers.Dense(cfg.side_dim, use_bias=False, kernel_regularizer=reg,
+                                       name="genres_embedding")(inputs[BAG]))
+        x0 = keras.layers.Concatenate(name="features")([user, item] + side)
+        if cfg.dropout:
+            x0 = keras.layers.Dropout(cfg.dropout, name="features_dropout")(x0)
+        x = x0
+        for k in range(cfg.cross_layers):  # DCN-v2: x <- x0 * (W x + b) + x
+            w = keras.layers.Dense(x0.shape[-1], name=f"cross_{k}")(x)
+            x = keras.layers.Add(name=f"cross_{k}_residual")(
+                [keras.layers.Multiply(name=f"cross_{k}_gate")([x0, w]), x])
+        for k, units in enumerate(cfg.hidden):
+            x = keras.layers.Dense(units, activation="relu", name=f"tower_{k}")(x)
+        start = self.vocab.mean if self.num_labels == 1 else 0.0
+        tower = keras.layers.Dense(self.num_labels, name="tower_out",
+                                   bias_initializer=keras.initializers.Constant(start))(x)
+        dot = keras.layers.Dot(axes=1, name="user_item_dot")([user, item])
+        out = keras.layers.Add(name="score")([
+            tower, dot, table("user_id", 1, "user_bias"), table("item_id", 1, "item_bias")])
+        return keras.Model(inputs, out, name="ranker")
+
+    def encode(self, examples, max_length=None):
+        out = {f: self.vocab.rows(f, examples[f]) for f in IDS + TOKENS}
+        out[BAG] = self.vocab.multi_hot(examples[BAG])
+        return out
+
+    def input_specs(self):
+        import tensorflow as tf
+
+        specs = {f: tf.TensorSpec([None], tf.int32, name=f) for f in IDS + TOKENS}
+        specs[BAG] = tf.TensorSpec([None, len(self.vocab.genres)], tf.float32, name=BAG)
+        return specs
+
+    def synthetic_inputs(self, batch, seq_length=None, seed=0):
+        rng = np.random.default_rng(seed)
+        out = {f: rng.integers(0, n, batch).astype(np.int32) for f, n in self.sizes().items()}
+        out[BAG] = (rng.random((batch, len(self.vocab.genres))) < 0.15).astype(np.float32)
+        return out
