@@ -27,7 +27,7 @@ BAG = "genres"                                    # a "|"-separated bag of token
 class Vocabularies:
     tokens: dict          # feature -> sorted array of known tokens (row = index + 1)
     genres: list          # bag tokens, in multi-hot column order
-    mean: float           # the training labels' mean: the output bias starts there
+    start: float          # the output bias's start: the mean rating (or click log-odds)
 
     def rows(self, feature, values):
         """Table rows of ``values`` (0 for tokens not seen in training)."""
@@ -75,8 +75,10 @@ class Ranker(ModelPlugin):
                                 f"{', '.join(IDS + TOKENS + (BAG,))}; use data type "
                                 f"movielens)")
         genres = sorted({g for bag in ex[BAG] for g in str(bag).split("|") if g})
-        self.vocab = Vocabularies({f: np.unique(ex[f]) for f in IDS + TOKENS}, genres,
-                                  float(np.mean(task.train.labels)))
+        mean = float(np.mean(task.train.labels))
+        if task.objective.name == "auc":  # a logit: the log-odds of a click
+            mean = float(np.log(np.clip(mean, 1e-6, 1 - 1e-6) / np.clip(1 - mean, 1e-6, 1)))
+        self.vocab = Vocabularies({f: np.unique(ex[f]) for f in IDS + TOKENS}, genres, mean)
 
     def variant(self, config):
         other = super().variant(config)
@@ -111,7 +113,7 @@ class Ranker(ModelPlugin):
                 [keras.layers.Multiply(name=f"cross_{k}_gate")([x0, w]), x])
         for k, units in enumerate(cfg.hidden):
             x = keras.layers.Dense(units, activation="relu", name=f"tower_{k}")(x)
-        start = self.vocab.mean if self.num_labels == 1 else 0.0
+        start = self.vocab.start if self.num_labels == 1 else 0.0
         tower = keras.layers.Dense(self.num_labels, name="tower_out",
                                    bias_initializer=keras.initializers.Constant(start))(x)
         dot = keras.layers.Dot(axes=1, name="user_item_dot")([user, item])
