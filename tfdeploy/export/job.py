@@ -39,7 +39,7 @@ class ExportJob:
         plugin = self.context.plugin
         return self.once("savedmodel", lambda: savedmodel.write(
             self.model, plugin.input_specs(), self.context.task.label_names,
-            self.path("savedmodel")))
+            self.path("savedmodel"), plugin.raw_features()))
 
     def onnx_fp32(self):
         """The float ONNX file, with the model plugin's rewrites."""

@@ -1,5 +1,7 @@
 """SavedModel for TF Serving: ``<dir>/<name>/<version>/`` with a named ``serving_default``
-signature (logits, probabilities, label id) and the label map in ``assets/labels.txt``."""
+signature (logits, probabilities, label id) and the label map in ``assets/labels.txt``;
+models whose clients send raw features (ids as strings) also get ``serving_raw``, which
+looks them up inside the graph."""
 import os
 import tempfile
 
@@ -10,7 +12,7 @@ from tfdeploy.rundir import atomic_dir
 
 
 class ServingModule(tf.Module):
-    def __init__(self, model, input_specs, labels_path):
+    def __init__(self, model, input_specs, labels_path, raw=None):
         super().__init__()
         # Track the weights, not the model: a compiled model drags its optimizer (and its
         # slot variables, 2x the weights for Adam) into the SavedModel.
@@ -25,6 +27,15 @@ class ServingModule(tf.Module):
                     "label_id": tf.argmax(logits, axis=-1, output_type=tf.int32)}
 
         self.serve = serve
+        self.raw = raw  # tracked: its lookup tables are saved with the model
+        if raw is not None:
+            raw_names = list(raw.specs)
+
+            @tf.function(input_signature=[raw.specs[n] for n in raw_names])
+            def serve_raw(*args):
+                return serve(*[raw(dict(zip(raw_names, args)))[n] for n in names])
+
+            self.serve_raw = serve_raw
 
 
 @register
@@ -42,15 +53,19 @@ def export(model, input_specs, label_names, root, name, version=0):
     return write(model, input_specs, label_names, os.path.join(base, str(version)))
 
 
-def write(model, input_specs, label_names, target):
-    """Write the SavedModel to ``target``, which appears atomically; return it."""
+def write(model, input_specs, label_names, target, raw=None):
+    """Write the SavedModel to ``target``, which appears atomically; return it. ``raw``:
+    the model plugin's raw-feature lookups, saved as the ``serving_raw`` signature."""
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, "labels.txt")
         with open(labels_path, "w", encoding="utf-8") as f:
             f.write("\n".join(label_names) + "\n")
-        module = ServingModule(model, input_specs, labels_path)
+        module = ServingModule(model, input_specs, labels_path, raw)
+        signatures = {"serving_default": module.serve}
+        if raw is not None:
+            signatures["serving_raw"] = module.serve_raw
         with atomic_dir(target) as tmp:
-            tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+            tf.saved_model.save(module, tmp, signatures=signatures)
     return target
 
 

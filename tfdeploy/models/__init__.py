@@ -87,6 +87,12 @@ class ModelPlugin:
                              f"wrap; it takes the post-training path only (stages: [] with "
                              f"export formats)")
 
+    def raw_features(self):
+        """A tf.Module turning raw request features into the model's inputs inside the
+        SavedModel (the ``serving_raw`` signature: lookups in the graph), with ``specs``
+        (its inputs); None when the model's inputs are what clients send."""
+        return None
+
     def serving_text(self):
         """How a server turns raw text into this model's inputs, or None (not a text model):
         ``{"tokenizer": "wordpiece", "lowercase": bool, "pad_id": int, "inputs": {input

@@ -12,6 +12,7 @@ import dataclasses
 from typing import List
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 
 from tfdeploy.errors import DataError
@@ -126,9 +127,10 @@ class Ranker(ModelPlugin):
         out[BAG] = self.vocab.multi_hot(examples[BAG])
         return out
 
-    def input_specs(self):
-        import tensorflow as tf
+    def raw_features(self):
+        return RawFeatures(self.vocab)
 
+    def input_specs(self):
         specs = {f: tf.TensorSpec([None], tf.int32, name=f) for f in IDS + TOKENS}
         specs[BAG] = tf.TensorSpec([None, len(self.vocab.genres)], tf.float32, name=BAG)
         return specs
@@ -137,4 +139,32 @@ class Ranker(ModelPlugin):
         rng = np.random.default_rng(seed)
         out = {f: rng.integers(0, n, batch).astype(np.int32) for f, n in self.sizes().items()}
         out[BAG] = (rng.random((batch, len(self.vocab.genres))) < 0.15).astype(np.float32)
+        return out
+
+
+class RawFeatures(tf.Module):
+    """Raw request features -> the ranker's inputs, inside the SavedModel: every id and
+    token a string (``"196"``), genres one ``"|"``-separated string; unknown values
+    take the out-of-vocabulary row, as in :meth:`Vocabularies.rows`."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.tables = {}
+        for feature, known in vocab.tokens.items():
+            init = tf.lookup.KeyValueTensorInitializer(
+                tf.constant([str(k) for k in known]),
+                tf.range(1, len(known) + 1, dtype=tf.int64))
+            self.tables[feature] = tf.lookup.StaticHashTable(init, default_value=0)
+        init = tf.lookup.KeyValueTensorInitializer(
+            tf.constant(vocab.genres), tf.range(len(vocab.genres), dtype=tf.int64))
+        self.genre_table = tf.lookup.StaticHashTable(init, default_value=-1)
+        self.width = len(vocab.genres)
+        self.specs = {f: tf.TensorSpec([None], tf.string, name=f)
+                      for f in IDS + TOKENS + (BAG,)}
+
+    def __call__(self, raw):
+        out = {f: tf.cast(self.tables[f].lookup(raw[f]), tf.int32) for f in IDS + TOKENS}
+        columns = self.genre_table.lookup(tf.strings.split(raw[BAG], "|"))
+        hot = tf.one_hot(columns, self.width)  # -1 (unknown or empty) -> all zeros
+        out[BAG] = tf.minimum(tf.reduce_sum(hot, axis=1), 1.0)  # ragged rows -> dense
         return out
