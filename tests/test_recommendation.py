@@ -183,3 +183,76 @@ def test_savedmodel_takes_raw_features(tiny_run):
     np.testing.assert_allclose(raw["logits"].numpy(), ids["logits"].numpy(), atol=1e-6)
     assert np.all(np.isfinite(raw["logits"].numpy()))
 
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_parameter_server_shards_tables(tiny_run, tmp_path):
+    """1 chief + 2 workers + 2 ps, real processes on loopback: the tables are split across
+    both ps tasks, and the result is close to the single-process run's."""
+    import subprocess
+    import sys
+
+    cluster = {"chief": [f"127.0.0.1:{free_port()}"],
+               "worker": [f"127.0.0.1:{free_port()}" for _ in range(2)],
+               "ps": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
+    args = [sys.executable, "-m", "tfdeploy.run", TINY, "--strategy=parameter_server",
+            "--progress_every=0", "--set=distribution.min_shard_bytes=4096",
+            "--set=export.formats=[savedmodel]", "--set=benchmark.enabled=false",
+            f"--output_dir={tmp_path / 'runs'}", f"--set=export.dir={tmp_path / 'sm'}"]
+
+    def env(job, index):
+        return dict(os.environ, PYTHONUNBUFFERED="1", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": job, "index": index}}))
+
+    servers = [subprocess.Popen(args, cwd=ROOT, env=env(job, i), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for job in ("worker", "ps") for i in range(2)]
+    try:
+        chief = subprocess.run(args, cwd=ROOT, env=env("chief", 0), capture_output=True,
+                               text=True, timeout=600)
+        alive = [s.poll() is None for s in servers]  # serving until stopped
+    finally:
+        for s in servers:
+            s.kill()
+    assert chief.returncode == 0, chief.stdout[-3000:] + chief.stderr[-3000:]
+    assert all(alive)
+    run_dir = only_run(str(tmp_path / "runs"), "movielens_tiny")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["strategy"]["strategy"] == "parameter_server"
+    assert metrics["strategy"]["workers"] == 2 and metrics["strategy"]["ps"] == 2
+    keras_rec = next(r for r in metrics["records"] if r["artifact"] == "keras")
+    sharded = keras_rec["stage_report"]["sharded_variables"]
+    for table in ("user_embedding/embeddings", "item_embedding/embeddings"):
+        devices = {shard["device"] for shard in sharded[table]}
+        assert len(devices) == 2 and all("/job:ps/" in d for d in devices), sharded[table]
+    _, single = tiny_run
+    assert abs(keras_rec["metrics"]["rmse"] - single["keras"]["metrics"]["rmse"]) < 0.03
+    assert os.path.exists(tmp_path / "sm" / "movielens_tiny" / "1" / "saved_model.pb")
+
+
+def test_parameter_server_refuses_clearly(tmp_path):
+    """No TF_CONFIG, a cluster without ps, or a stage it cannot run: exit 2 before any
+    work (and before waiting for a cluster)."""
+    recipe = os.path.join(ROOT, "recipes", "movielens.yaml")  # train, then distill
+    args = ["--strategy=parameter_server", f"--output_dir={tmp_path}"]
+    assert "TF_CONFIG" not in os.environ
+    env = {}
+    proc = run_cli(TINY, *args)
+    assert proc.returncode == 2 and "parameter_server needs TF_CONFIG" in proc.stderr
+    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}
+    env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    proc = run_cli(TINY, *args, env=env)
+    assert proc.returncode == 2 and "the cluster has no ps" in proc.stderr, proc.stderr
+    cluster["ps"] = ["127.0.0.1:3"]
+    env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})
+    proc = run_cli(recipe, *args, env=env, timeout=120)
+    assert proc.returncode == 2 and "stage distill (distill)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)

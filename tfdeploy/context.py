@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from tfdeploy import progress
+from tfdeploy.strategy import is_parameter_server
 
 from tfdeploy.traits import Traits
 
@@ -50,6 +51,22 @@ class Context:
         if self.selection is None:
             return None
         return self.selection.eval_dataset(self.recipe.evaluate.batch_size, True)[0]
+
+    @property
+    def per_step_callbacks(self):
+        """Whether fit may run batch-level callbacks (a parameter_server coordinator
+        refuses them: steps run asynchronously on the workers)."""
+        return not is_parameter_server(self.strategy)
+
+    def validation_args(self):
+        """``fit``'s validation arguments for the selection split. Under parameter_server
+        each worker reads its own copy of the dataset, so it repeats and the coordinator
+        counts the steps (one pass over the split's batches in all)."""
+        data = self.selection_dataset()
+        if data is None or not is_parameter_server(self.strategy):
+            return {"validation_data": data}
+        steps = -(-len(self.selection) // self.recipe.evaluate.batch_size)
+        return {"validation_data": data.repeat(), "validation_steps": steps}
 
     def backup_path(self):
         return self.backup_dir or self.path("backup")

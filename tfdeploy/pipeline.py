@@ -58,6 +58,10 @@ def select_stages(recipe, opts):
 
 def prepare(recipe, opts):
     """Everything that can fail on bad input, before anything is written."""
+    chosen = select_stages(recipe, opts)
+    stage_list = [(s, stages.create(s)) for s in chosen]
+    if (opts.strategy or recipe.distribution.strategy) == "parameter_server":
+        stages.check_parameter_server(stage_list)  # before waiting for the cluster
     strategy, info = strategies.create(recipe.distribution, opts.strategy or None)
     source = data_plugins.create(recipe.data, recipe.seed)
     task = source.load()
@@ -68,11 +72,9 @@ def prepare(recipe, opts):
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
                               recipe.data)
     selection = encode_split(plugin, task.selection, recipe.data) if task.selection else None
-    chosen = select_stages(recipe, opts)
     context = Context(recipe, strategy, info, plugin, task, train, validation, selection,
                       run_dir="",
                       is_chief=strategies.is_chief(strategy), data_files=data_files)
-    stage_list = [(s, stages.create(s)) for s in chosen]
     plugin.check_trainable([s.name for s in chosen])
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)
@@ -210,8 +212,8 @@ def run_stages(recipe, opts, context, stage_list, model, records):
         cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
         if cached:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
-            model = checkpoint.load(cached, context.strategy, context.plugin.custom_objects(),
-                                    scopes=scopes)
+            model = checkpoint.load(cached, strategies.for_loading(context.strategy),
+                                    context.plugin.custom_objects(), scopes=scopes)
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
             context.traits = Traits.from_dict(cache.stage_traits(cached))
@@ -343,6 +345,11 @@ def run_stage(stage, cfg, model, context, digest):
         if isinstance(e, TfdeployError):
             raise
         raise StageError(f"stage {cfg.name} ({cfg.type}): {e}") from e
+    if strategies.is_parameter_server(context.strategy):
+        # the shards, gathered into one plain model for saving, evaluation and export
+        sharded = strategies.placement(result.model)
+        result.model = strategies.gathered(result.model, context.plugin)
+        result.report = {**(result.report or {}), "sharded_variables": sharded}
     if context.is_chief:
         with progress.heartbeat(f"stage {cfg.name}: saving"):
             checkpoint.save(result.model, stage_dir)

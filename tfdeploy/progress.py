@@ -132,13 +132,14 @@ def heartbeat(what):
         thread.join()
 
 
-def keras_callback(what, total, per_period, estimate_after=5):
+def keras_callback(what, total, per_period, estimate_after=5, per_step=True):
     """A Keras callback reporting training steps and each evaluation period's metrics;
     after ``estimate_after`` timed steps (the first compiles) it says how long the stage
-    should take at the measured rate."""
+    should take at the measured rate. ``per_step=False``: counted per period only (a
+    parameter_server coordinator refuses batch-level callbacks)."""
     import tf_keras as keras
 
-    class StepProgress(keras.callbacks.Callback):
+    class PeriodProgress(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.bar = Progress(what, total)
             self.timed_from, self.estimated, self.first_epoch = None, False, True
@@ -148,6 +149,18 @@ def keras_callback(what, total, per_period, estimate_after=5):
                 self.bar.skip_to(epoch * per_period)
             self.first_epoch = False
 
+        def on_epoch_end(self, epoch, logs=None):
+            if not per_step:
+                self.bar.update(min(total, (epoch + 1) * per_period) - self.bar.done)
+            shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
+                              if getattr(v, "shape", ()) == ())
+            say(f"{what}: period {epoch + 1}/{-(-total // per_period)}, step "
+                f"{self.bar.done}/{total}: {shown}")
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    class StepProgress(PeriodProgress):
         def on_train_batch_end(self, batch, logs=None):
             self.bar.update(1)
             if self.timed_from is None:
@@ -158,16 +171,7 @@ def keras_callback(what, total, per_period, estimate_after=5):
                 say(f"{what}: {total} steps at {rate:.3g} steps/s measured: about "
                     f"{clock((total - self.bar.done) / rate)} to go")
 
-        def on_epoch_end(self, epoch, logs=None):
-            shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
-                              if getattr(v, "shape", ()) == ())
-            say(f"{what}: period {epoch + 1}/{-(-total // per_period)}, step "
-                f"{self.bar.done}/{total}: {shown}")
-
-        def on_train_end(self, logs=None):
-            self.bar.close()
-
-    return StepProgress()
+    return StepProgress() if per_step else PeriodProgress()
 
 
 def predict_callback(what, total):

@@ -15,7 +15,8 @@ flags.DEFINE_multi_string("set", [], "Override a recipe value: PATH=VALUE, e.g. 
 flags.DEFINE_string("output_dir", "", "Root for run directories (default: the recipe's "
                                       "output.dir).")
 flags.DEFINE_enum("strategy", "", ["", "auto", "cpu", "one_device", "mirrored", "tpu",
-                                   "multi_worker"], "Override distribution.strategy.")
+                                   "multi_worker", "parameter_server"],
+                  "Override distribution.strategy.")
 flags.DEFINE_list("stages", [], "Run only these stages (by name), in recipe order.")
 flags.DEFINE_string("from", "", "Reuse finished outputs of the stages before this one and "
                                 "run from it on.")
@@ -85,7 +86,10 @@ def _main(recipe_path, overrides, options):
 
     import tf_keras as keras
 
-    from tfdeploy import pipeline
+    from tfdeploy import pipeline, strategy
+
+    if strategy.serve_cluster_task(recipe.distribution, options.get("strategy")):
+        return  # a parameter_server worker or ps task, stopped from outside
 
     keras.utils.set_random_seed(recipe.seed)
     summary = pipeline.run(recipe, pipeline.Options(**options))

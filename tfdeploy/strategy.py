@@ -7,6 +7,7 @@ Everything that creates variables (model build, compile, optimizer) happens insi
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from tfdeploy.errors import TfdeployError
@@ -47,12 +48,12 @@ def _check_devices(devices):
                                 f"(available: {', '.join(sorted(known))})")
 
 
-def parse_tf_config(text=None):
-    """Validate TF_CONFIG for multi-worker training; return the parsed dict."""
+def parse_tf_config(text=None, strategy="multi_worker"):
+    """Validate TF_CONFIG for a cluster strategy; return the parsed dict."""
     text = os.environ.get("TF_CONFIG") if text is None else text
     if not text:
-        raise TfdeployError("multi_worker needs TF_CONFIG (cluster spec and this task) in "
-                            "the environment")
+        raise TfdeployError(f"{strategy} needs TF_CONFIG (cluster spec and this task) in "
+                            f"the environment")
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
@@ -91,6 +92,91 @@ def _multi_worker(cfg):
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+PS_ROLES = ("worker", "ps")
+
+
+def _ps_cluster():
+    """TF_CONFIG for parameter_server: a chief, at least one worker and one ps."""
+    config = parse_tf_config(strategy="parameter_server")
+    cluster = config["cluster"]
+    missing = [job for job in ("chief", "worker", "ps") if not cluster.get(job)]
+    if missing:
+        raise TfdeployError(f"TF_CONFIG: parameter_server needs a chief, workers and ps "
+                            f"tasks; the cluster has no {', '.join(missing)}")
+    return config
+
+
+def _parameter_server(cfg):
+    """ParameterServerStrategy on this chief; variables over ``min_shard_bytes`` are split
+    across the ps tasks (up to one shard per ps), so a big embedding table never has to
+    fit on one machine. Workers pull batches through a ClusterCoordinator (Keras' fit)."""
+    cluster = _ps_cluster()["cluster"]
+    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+        min_shard_bytes=cfg.min_shard_bytes, max_shards=len(cluster["ps"]))
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+
+
+def serve_cluster_task(cfg, override=None):
+    """For parameter_server, a worker or ps task is a TF server that the chief drives: start
+    it and serve until the process is stopped (True); anything else returns False."""
+    if (override or cfg.strategy) != "parameter_server":
+        return False
+    task = _ps_cluster()["task"]
+    if task["type"] not in PS_ROLES:
+        return False
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=task["type"],
+                                  task_index=task["index"], protocol="grpc", start=True)
+    print(f"parameter_server: {task['type']} {task['index']} serving at "
+          f"{resolver.cluster_spec().task_address(task['type'], task['index'])}", flush=True)
+    server.join()
+    return True
+
+
+def is_parameter_server(strategy):
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def placement(model):
+    """{variable: [ps device per shard]} for variables split across ps tasks (empty when
+    none is): what the report shows of a parameter_server run."""
+    shards = {}
+    for v in model.weights:
+        name = v.name.split(":")[0]
+        base, _, part = name.rpartition("/part_")
+        if base and part.isdigit():
+            shards.setdefault(base, []).append((int(part), v.device, list(v.shape)))
+    return {base: [{"device": d, "shape": s} for _, d, s in sorted(parts)]
+            for base, parts in shards.items()}
+
+
+def for_loading(strategy):
+    """The strategy a saved stage model loads under: parameter_server stages save gathered,
+    plain models (whole variables), so those load on this process."""
+    return tf.distribute.get_strategy() if is_parameter_server(strategy) else strategy
+
+
+def gathered(model, plugin):
+    """A plain copy of ``model`` on this process, shards joined: what is saved, evaluated
+    and exported after a parameter_server stage (the converters and H5 want whole
+    variables)."""
+    local = plugin.build()
+    for layer in model.layers:
+        pieces, order = {}, []
+        for v in layer.weights:  # a sharded variable lists its parts in order
+            base = v.name.split(":")[0].rpartition("/part_")[0] or v.name.split(":")[0]
+            if base not in pieces:
+                order.append(base)
+                pieces[base] = []
+            pieces[base].append(v.numpy())
+        if order:
+            local.get_layer(layer.name).set_weights(
+                [np.concatenate(pieces[b]) if len(pieces[b]) > 1 else pieces[b][0]
+                 for b in order])
+    return local
+
+
 def _mixed_precision(policy, kind):
     import tf_keras as keras
 
@@ -104,6 +190,13 @@ def _mixed_precision(policy, kind):
 def create(cfg, override=None):
     """(strategy, description dict) for a Distribution config; clear errors before work."""
     name = override or cfg.strategy
+    if name == "parameter_server":
+        strategy = _parameter_server(cfg)
+        cluster = _ps_cluster()["cluster"]
+        return strategy, {"strategy": name, "class": type(strategy).__name__,
+                          "device_kind": "cpu", "replicas": strategy.num_replicas_in_sync,
+                          "mixed_precision": "none", "workers": len(cluster["worker"]),
+                          "ps": len(cluster["ps"]), "devices": []}
     if name == "multi_worker":
         # Collectives must be configured before TensorFlow initialises its devices.
         strategy = _multi_worker(cfg)

@@ -192,7 +192,7 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     (compile_fn or compile_for_task)(model, optimizer, context)
     objective = context.task.objective
     extra = list(callbacks)
-    selection = context.selection_dataset()
+    selection = context.selection  # the split; fit gets its batches below
     if selection is None and cfg.early_stopping:
         raise StageError("early_stopping needs a selection split (data.selection_split > 0): "
                          "the reported validation split never chooses")
@@ -217,15 +217,16 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     if period_log:
         extra.append(period_log)
     if context.recipe.output.tensorboard:
-        extra.append(keras.callbacks.TensorBoard(context.path("tensorboard"),
-                                                 update_freq=max(1, per_period // 10)))
+        extra.append(keras.callbacks.TensorBoard(
+            context.path("tensorboard"),
+            update_freq=max(1, per_period // 10) if context.per_step_callbacks else "epoch"))
     progress.say(f"  {total} steps at global batch {global_batch} ({context.replicas} "
                  f"replica(s)), {periods} evaluation(s)")
     extra.append(progress.keras_callback(f"stage {context.stage_name}", periods * per_period,
-                                         per_period))
+                                         per_period, per_step=context.per_step_callbacks))
     history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
-                        steps_per_epoch=per_period, validation_data=selection,
-                        callbacks=extra, verbose=0)
+                        steps_per_epoch=per_period, callbacks=extra, verbose=0,
+                        **context.validation_args())
     record = period_log.history() if period_log and period_log.periods else {
         k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,

@@ -17,9 +17,12 @@ from tfdeploy.recipe.fields import NAME_PATTERN, DataConfig, ModelConfig, StageC
 
 @dataclasses.dataclass(kw_only=True)
 class Distribution:
-    strategy: Literal["auto", "cpu", "one_device", "mirrored", "tpu", "multi_worker"] = field(
+    strategy: Literal["auto", "cpu", "one_device", "mirrored", "tpu", "multi_worker",
+                      "parameter_server"] = field(
         "auto", doc="Where tuning and inference run. auto: TPU if a resolver finds one, else "
-                    "Mirrored over all GPUs, else CPU.")
+                    "Mirrored over all GPUs, else CPU. parameter_server: TF_CONFIG names a "
+                    "chief (runs the recipe), workers and ps tasks (run the same command and "
+                    "serve until stopped); big variables are sharded across the ps tasks.")
     devices: List[str] = field(factory=list, doc="Devices for one_device/mirrored, e.g. "
                                                  "['/gpu:0', '/gpu:1']; empty = all.")
     cross_device_ops: Literal["auto", "nccl", "hierarchical_copy", "reduction_to_one"] = field(
@@ -30,6 +33,10 @@ class Distribution:
     mixed_precision: Literal["none", "auto", "mixed_float16", "mixed_bfloat16"] = field(
         "none", doc="Keras mixed precision policy; auto = bfloat16 on TPU, float16 on GPU, "
                     "none on CPU.")
+    min_shard_bytes: int = field(256 << 10, ge=1, doc="parameter_server: a variable is split "
+                                                      "into shards of at least this many "
+                                                      "bytes, at most one per ps task.",
+                                 unit="bytes")
     logical_cpus: int = field(0, ge=0, le=64, doc="Split the CPU into this many logical "
                                                   "devices (0 = don't) so mirrored runs on a "
                                                   "CPU-only machine.")

@@ -20,6 +20,8 @@ class Stage:
     Config = StageConfig
     # Why this stage cannot run under TPUStrategy, or None if it can (plain Keras training).
     tpu_unsupported = None
+    # Plain Keras fit of one model: what ParameterServerStrategy's coordinator dispatches.
+    runs_on_parameter_servers = False
 
     def __init__(self, config):
         self.config = config
@@ -92,6 +94,17 @@ def check_wrappable(stage_list, model, context):
                for layer, why in stage.wrap_problems(model, context)]
     if refused:
         raise StageError("TFMOT cannot wrap these layers:\n  " + "\n  ".join(refused))
+
+
+def check_parameter_server(stage_list):
+    """Refuse stages a parameter_server cluster cannot run, before connecting to it."""
+    refused = [f"stage {cfg.name} ({cfg.type})" for cfg, stage in stage_list
+               if not stage.runs_on_parameter_servers]
+    if refused:
+        raise TfdeployError("parameter_server runs train stages only (TFMOT wrappers and a "
+                            "teacher beside the student are not placed on ps tasks); run "
+                            "these on one machine, from the saved train stage (--resume "
+                            "reuses it):\n  " + "\n  ".join(refused))
 
 
 def check_strategy(stage_list, strategy_info):

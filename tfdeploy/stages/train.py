@@ -9,6 +9,7 @@ from tfdeploy.traits import StageResult
 
 @STAGES.register("train")
 class Train(Stage):
+    runs_on_parameter_servers = True
     @dataclasses.dataclass(kw_only=True)
     class Config(StageConfig, FitConfig):
         """Fine-tuning of every trainable weight."""
