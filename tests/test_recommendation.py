@@ -166,8 +166,8 @@ def test_click_target_and_auc():
 
 
 def test_savedmodel_takes_raw_features(tiny_run):
-    """``serving_raw`` looks ids and tokens up inside the graph: raw strings give the same
-    ratings as ``serving_default`` fed the plugin's encoding, unseen ids included."""
+    """``serving_default`` looks ids and tokens up inside the graph: raw strings give the
+    same ratings as ``serving_ids`` fed the plugin's encoding, unseen ids included."""
     import tensorflow as tf
 
     run_dir, got = tiny_run
@@ -175,13 +175,14 @@ def test_savedmodel_takes_raw_features(tiny_run):
     rows = task.validation.examples[:5].copy()
     rows["user_id"][0], rows["item_id"][1], rows["genres"][2] = "no-such-user", "99999", ""
     loaded = tf.saved_model.load(os.path.join(run_dir, got["savedmodel"]["path"]))
-    raw = loaded.signatures["serving_raw"](**{
+    raw = loaded.signatures["serving_default"](**{
         f: tf.constant([str(v) for v in rows[f]]) for f in
         ("user_id", "item_id", "age", "gender", "occupation", "year", "genres")})
-    ids = loaded.signatures["serving_default"](**{
+    ids = loaded.signatures["serving_ids"](**{
         k: tf.constant(v) for k, v in plugin.encode(rows).items()})
-    np.testing.assert_allclose(raw["logits"].numpy(), ids["logits"].numpy(), atol=1e-6)
-    assert np.all(np.isfinite(raw["logits"].numpy()))
+    assert set(raw) == {"prediction"} and raw["prediction"].shape == (5,)  # a rating each
+    np.testing.assert_allclose(raw["prediction"].numpy(), ids["prediction"].numpy(), atol=1e-6)
+    assert np.all(np.isfinite(raw["prediction"].numpy()))
 
 
 
@@ -256,3 +257,46 @@ def test_parameter_server_refuses_clearly(tmp_path):
     proc = run_cli(recipe, *args, env=env, timeout=120)
     assert proc.returncode == 2 and "stage distill (distill)" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
+
+
+def test_served_with_raw_features(tiny_run):
+    """``tfdeploy.serve`` answers raw feature rows (strings, as a client has them) the way
+    the SavedModel's own ``serving_default`` does (TF Serving), from the SavedModel and
+    from a TFLite artifact (the server does the lookups): :predict, :regress, metadata."""
+    import tensorflow as tf
+    from test_serve import Server
+
+    run_dir, got = tiny_run
+    base = os.path.join(os.path.dirname(os.path.dirname(run_dir)), "saved_models",
+                        "movielens_tiny")
+    task, _ = load_plugin()
+    ex = task.validation.examples[:4]
+    features = ("user_id", "item_id", "age", "gender", "occupation", "year", "genres")
+    instances = [{f: str(row[f]) for f in features} for row in ex]
+    instances[0]["user_id"], instances[1]["item_id"] = "no-such-user", "99999"
+    instances[2]["age"] = 24  # a number is read as its text, as clients send ids
+    loaded = tf.saved_model.load(os.path.join(base, "1"))
+    expected = loaded.signatures["serving_default"](**{
+        f: tf.constant([str(i[f]) for i in instances]) for f in features})["prediction"]
+    for artifact in ("savedmodel", "tflite_fp32"):
+        server = Server("--model_name=ml", f"--model_base_path={base}",
+                        f"--artifact={artifact}")
+        try:
+            status, body = server.call("/v1/models/ml:predict", {"instances": instances})
+            assert status == 200, body
+            np.testing.assert_allclose(body["predictions"], expected.numpy(), atol=1e-4)
+            status, body = server.call("/v1/models/ml:regress", {"examples": instances})
+            assert status == 200 and len(body["results"]) == 4, body
+            np.testing.assert_allclose(body["results"], expected.numpy(), atol=1e-4)
+            status, body = server.call("/v1/models/ml:classify", {"examples": instances})
+            assert status == 400 and ":regress" in body["error"], body
+            status, body = server.call("/v1/models/ml:predict", {"instances": [
+                {k: v for k, v in instances[0].items() if k != "genres"}]})
+            assert status == 400 and "genres" in body["error"], body
+            status, meta = server.call("/v1/models/ml/metadata")
+            sigs = meta["metadata"]["signature_def"]["signature_def"]
+            assert sigs["serving_default"]["inputs"]["user_id"]["dtype"] == "DT_STRING"
+            assert set(sigs["serving_default"]["outputs"]) == {"prediction"}
+            assert sigs["serving_ids"]["inputs"]["user_id"]["dtype"] == "DT_INT32"
+        finally:
+            server.stop()

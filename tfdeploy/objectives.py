@@ -18,6 +18,7 @@ def _tf():
 
 class Objective:
     name = ""                  # the primary metric's key in records and fit logs
+    raw_output = ""            # the served output that carries the model's own values
     higher_is_better = True
     label_dtype = np.int32
     agreement = True           # parity reports prediction agreement (classes only)
@@ -43,6 +44,17 @@ class Objective:
         """The loss to the teacher's outputs per example, with TF ops (distillation)."""
         raise NotImplementedError
 
+    # What a served model answers: output name -> (dtype, per-row shape suffix); the first
+    # is the model's own output (logits, a rating), the rest derive from it.
+    def outputs(self, raw, xp):
+        """{output name: array} from the model's raw outputs [N, width]; ``xp`` is numpy,
+        or a namespace with ``softmax``/``sigmoid``/``argmax``/``reshape`` (TF ops)."""
+        raise NotImplementedError
+
+    def output_specs(self, width):
+        """{output name: (TF dtype name, shape)} for signature metadata."""
+        raise NotImplementedError
+
     def drop(self, baseline, value):
         """How much worse ``value`` is than ``baseline`` (positive = worse)."""
         return baseline - value if self.higher_is_better else value - baseline
@@ -56,7 +68,7 @@ class Objective:
 
 
 class Classification(Objective):
-    name = "accuracy"
+    name, raw_output = "accuracy", "logits"
 
     def loss(self):
         tf, keras = _tf()
@@ -73,6 +85,14 @@ class Classification(Objective):
         tf, keras = _tf()
         return keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
 
+    def outputs(self, raw, xp):
+        return {"logits": raw, "probabilities": xp.softmax(raw),
+                "label_id": xp.argmax(raw)}
+
+    def output_specs(self, width):
+        return {"logits": ("DT_FLOAT", (None, width)),
+                "probabilities": ("DT_FLOAT", (None, width)), "label_id": ("DT_INT32", (None,))}
+
     def soft(self, student, teacher, t):
         tf, keras = _tf()
         soft_teacher = tf.nn.softmax(teacher / t)
@@ -84,7 +104,7 @@ class Classification(Objective):
 class Regression(Objective):
     """One real output (e.g. a rating); RMSE, lower is better."""
 
-    name = "rmse"
+    name, raw_output = "rmse", "prediction"
     higher_is_better = False
     label_dtype = np.float32
     agreement = False
@@ -99,6 +119,12 @@ class Regression(Objective):
     def keras_metrics(self):
         tf, keras = _tf()
         return [keras.metrics.RootMeanSquaredError(name="rmse")]
+
+    def outputs(self, raw, xp):
+        return {"prediction": xp.reshape(raw, [-1])}
+
+    def output_specs(self, width):
+        return {"prediction": ("DT_FLOAT", (None,))}
 
     def scores(self, outputs, labels):
         err = np.reshape(outputs, -1).astype(np.float64) - labels
@@ -117,7 +143,7 @@ class Regression(Objective):
 class Click(Objective):
     """One logit for a yes/no event (e.g. rating >= 4); AUC, higher is better."""
 
-    name = "auc"
+    name, raw_output = "auc", "logit"
     label_dtype = np.float32
     agreement = False
 
@@ -131,6 +157,13 @@ class Click(Objective):
     def keras_metrics(self):
         tf, keras = _tf()
         return [keras.metrics.AUC(from_logits=True, name="auc")]
+
+    def outputs(self, raw, xp):
+        logit = xp.reshape(raw, [-1])
+        return {"logit": logit, "probability": xp.sigmoid(logit)}
+
+    def output_specs(self, width):
+        return {"logit": ("DT_FLOAT", (None,)), "probability": ("DT_FLOAT", (None,))}
 
     def scores(self, outputs, labels):
         logits = np.reshape(outputs, -1).astype(np.float64)
@@ -171,6 +204,48 @@ def auc(scores, labels):
 
 OBJECTIVES = {o.name: o for o in (Classification(), Regression(), Click())}
 CLASSIFICATION = OBJECTIVES["accuracy"]
+
+
+class NumpyOps:
+    """The few ops ``Objective.outputs`` needs, on numpy arrays (the server's side)."""
+
+    @staticmethod
+    def softmax(x):
+        shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(-1, keepdims=True)
+
+    @staticmethod
+    def sigmoid(x):
+        return (1 / (1 + np.exp(-x))).astype(np.float32)
+
+    @staticmethod
+    def argmax(x):
+        return x.argmax(-1).astype(np.int32)
+
+    @staticmethod
+    def reshape(x, shape):
+        return np.reshape(x, shape)
+
+
+class TFOps:
+    """The same ops in TensorFlow (the SavedModel's signature)."""
+
+    @staticmethod
+    def softmax(x):
+        return _tf()[0].nn.softmax(x)
+
+    @staticmethod
+    def sigmoid(x):
+        return _tf()[0].sigmoid(x)
+
+    @staticmethod
+    def argmax(x):
+        tf = _tf()[0]
+        return tf.argmax(x, axis=-1, output_type=tf.int32)
+
+    @staticmethod
+    def reshape(x, shape):
+        return _tf()[0].reshape(x, shape)
 
 
 def of(record):

@@ -79,7 +79,8 @@ class TFLiteInt8Embeddings(Int8EmbeddingFormat):
         with tempfile.TemporaryDirectory() as scratch:
             saved = savedmodel.write(self.int8_model(job), job.context.plugin.input_specs(),
                                      job.context.task.label_names,
-                                     os.path.join(scratch, "savedmodel"))
+                                     os.path.join(scratch, "savedmodel"),
+                                     objective=job.converted_objective())
             return tflite.export(saved, "tflite_dynamic_int8", path)
 
 

@@ -6,7 +6,7 @@ after every artifact has passed its gates (``tfdeploy.publish``).
 """
 import os
 
-from tfdeploy import export, progress
+from tfdeploy import export, objectives, progress
 from tfdeploy.traits import Traits
 
 
@@ -33,13 +33,43 @@ class ExportJob:
         return self._done[key]
 
     def savedmodel(self):
-        """The SavedModel (``serving_default`` with named inputs, labels as an asset)."""
+        """The SavedModel the converters read: ``serving_default`` takes the model's own
+        inputs and answers ``logits`` (the model's outputs). For a classifier whose
+        clients send what the model reads, it is also the published one."""
         from tfdeploy.export import savedmodel
 
         plugin = self.context.plugin
+        path = self.path("savedmodel") if self.serves_as_converted() else \
+            os.path.join(self.folder, ".convert", "savedmodel")
         return self.once("savedmodel", lambda: savedmodel.write(
+            self.model, plugin.input_specs(), self.context.task.label_names, path,
+            objective=self.converted_objective()))
+
+    def serving_savedmodel(self):
+        """The published SavedModel: the task objective's outputs, and raw features in
+        ``serving_default`` when the model plugin looks them up in the graph."""
+        from tfdeploy.export import savedmodel
+
+        if self.serves_as_converted():
+            return self.savedmodel()
+        plugin = self.context.plugin
+        return self.once("serving_savedmodel", lambda: savedmodel.write(
             self.model, plugin.input_specs(), self.context.task.label_names,
-            self.path("savedmodel"), plugin.raw_features()))
+            self.path("savedmodel"), self.raw_features(), self.context.task.objective,
+            plugin.serving_features()))
+
+    def raw_features(self):
+        return self.once("raw_features", self.context.plugin.raw_features)
+
+    def serves_as_converted(self):
+        """Whether the SavedModel the converters read is also the published one."""
+        return self.raw_features() is None and \
+            self.context.task.objective is objectives.CLASSIFICATION
+
+    def converted_objective(self):
+        """The outputs of a SavedModel made for the converters: a classifier's own (it is
+        also published), else None: ``logits`` only."""
+        return objectives.CLASSIFICATION if self.serves_as_converted() else None
 
     def onnx_fp32(self):
         """The float ONNX file, with the model plugin's rewrites."""

@@ -89,8 +89,14 @@ class ModelPlugin:
 
     def raw_features(self):
         """A tf.Module turning raw request features into the model's inputs inside the
-        SavedModel (the ``serving_raw`` signature: lookups in the graph), with ``specs``
-        (its inputs); None when the model's inputs are what clients send."""
+        SavedModel (``serving_default`` then takes raw features, ``serving_ids`` the
+        model's inputs), with ``specs`` (its inputs); None when the model's inputs are what
+        clients send."""
+        return None
+
+    def serving_features(self):
+        """The same lookups for the server (TFLite and ONNX artifacts take table rows), as
+        :mod:`tfdeploy.serve.features` reads them; None without ``raw_features``."""
         return None
 
     def serving_text(self):

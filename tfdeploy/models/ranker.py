@@ -130,6 +130,12 @@ class Ranker(ModelPlugin):
     def raw_features(self):
         return RawFeatures(self.vocab)
 
+    def serving_features(self):
+        inputs = {f: {"kind": "token", "vocabulary": [str(t) for t in self.vocab.tokens[f]]}
+                  for f in IDS + TOKENS}
+        inputs[BAG] = {"kind": "bag", "separator": "|", "vocabulary": list(self.vocab.genres)}
+        return {"inputs": inputs}
+
     def input_specs(self):
         specs = {f: tf.TensorSpec([None], tf.int32, name=f) for f in IDS + TOKENS}
         specs[BAG] = tf.TensorSpec([None, len(self.vocab.genres)], tf.float32, name=BAG)

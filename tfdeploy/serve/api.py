@@ -3,7 +3,7 @@ and classify, on numpy inputs checked against the signature."""
 import numpy as np
 
 from tfdeploy.serve.manager import NotFound
-from tfdeploy.serve.servable import DEFAULT, OUTPUTS, TEXT, RequestError
+from tfdeploy.serve.servable import DEFAULT, TEXT, RequestError
 
 MAX_TEXT_CHARS = 100_000
 
@@ -32,10 +32,7 @@ def signature(servable, name):
 def metadata(servable):
     """{signature: {"inputs": {name: (dtype name, shape)}, "outputs": {...}, "method"}}."""
     out = {}
-    labels = len(servable.labels or []) or None
-    outputs = {"logits": ("DT_FLOAT", (None, labels)),
-               "probabilities": ("DT_FLOAT", (None, labels)),
-               "label_id": ("DT_INT32", (None,))}
+    outputs = servable.output_specs
     for name, sig in servable.signatures.items():
         inputs = {k: (dtype_name(dtype), shape) for k, (dtype, shape) in sig.inputs.items()}
         out[name] = {"inputs": inputs, "outputs": outputs, "method": sig.method}
@@ -64,12 +61,37 @@ def to_rows(servable, sig_name, inputs):
     arrays, rows = {}, set()
     for name, value in inputs.items():
         dtype, shape = sig.inputs[name]
-        arrays[name] = array(name, value, dtype, shape)
+        arrays[name] = strings(name, value) if np.dtype(dtype) == np.object_ else \
+            array(name, value, dtype, shape)
         rows.add(len(arrays[name]))
     if len(rows) != 1:
         raise RequestError(f"inputs have different numbers of rows: "
                            f"{ {k: len(v) for k, v in arrays.items()} }")
+    if servable.encodes(sig_name):
+        return [servable.encode(arrays)]
     return [arrays]
+
+
+def strings(name, value):
+    """A raw feature: one string (or number, read as its text) per row."""
+    items = value.tolist() if isinstance(value, np.ndarray) else value
+    if not isinstance(items, list) or not items:
+        raise RequestError(f"input {name}: expected a non-empty list of values")
+    out = []
+    for item in items:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"input {name}: not valid UTF-8") from None
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise RequestError(f"input {name}: expected a string or number per row, got "
+                               f"{type(item).__name__}")
+        if len(str(item)) > MAX_TEXT_CHARS:
+            raise RequestError(f"input {name}: a value over {MAX_TEXT_CHARS} characters")
+        out.append(item if isinstance(item, str) else
+                   str(int(item)) if float(item).is_integer() else str(item))
+    return np.asarray(out, dtype=object)
 
 
 def texts(value):
@@ -132,7 +154,7 @@ async def answer(manager, name, version, sig_name, inputs):
         sig_name, _ = signature(v.servable, sig_name)
         rows = to_rows(v.servable, sig_name, inputs)
         parts = await v.runner.submit(rows)
-        outputs = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return outputs, v.number, v.servable.labels
 
 
@@ -147,6 +169,24 @@ def classify_signature(servable, requested, examples):
     for, else ``serving_text`` when every example is only ``text``, else the default."""
     text = TEXT in servable.signatures and all(set(e) == {"text"} for e in examples)
     return signature(servable, requested or (TEXT if text else ""))
+
+
+def check_method(manager, name, version, method):
+    """Refuse :classify on a model that does not classify, :regress on one that does."""
+    with manager.model(name).using(version) as v:
+        objective = v.servable.objective
+    classifier = objective.name == "accuracy"
+    if (method == "classify") != classifier:
+        what = "is a classifier" if classifier else f"predicts a {objective.raw_output}"
+        use = ":classify" if classifier else ":regress"
+        raise RequestError(f"this model {what}; use {use} or :predict")
+
+
+async def regress(manager, name, version, sig_name, examples):
+    """[one float per example] (the rating, or a click's probability), and the version."""
+    outputs, number, _ = await answer(manager, name, version, sig_name, examples)
+    value = outputs.get("prediction", outputs.get("probability"))
+    return [float(x) for x in value], number
 
 
 async def classify(manager, name, version, sig_name, examples):

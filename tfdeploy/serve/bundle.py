@@ -43,8 +43,9 @@ def manifest(recipe, plugin, label_names, records, baseline):
             text[key] = os.path.basename(path)
         text["max_length"], text["buckets"] = recipe.data.max_length, list(
             recipe.data.buckets or [])
+    objective = next((objectives.of(r).name for r in records), "accuracy")
     return {"schema_version": 1, "model": recipe.name, "labels": list(label_names),
-            "artifacts": artifacts, "text": text}, files
+            "objective": objective, "artifacts": artifacts, "text": text}, files
 
 
 def write(version_dir, data, files):

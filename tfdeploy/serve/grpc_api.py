@@ -80,6 +80,7 @@ class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def call():
             spec = request.model_spec
             examples = examples_of(request.input)
+            api.check_method(self.manager, spec.name, version_of(spec), "classify")
             with self.manager.model(spec.name).using(version_of(spec)) as v:
                 sig_name, sig = api.classify_signature(v.servable, spec.signature_name,
                                                        examples)

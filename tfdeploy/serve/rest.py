@@ -16,7 +16,7 @@ from aiohttp import web
 from tfdeploy.serve import api
 from tfdeploy.serve.batching import Unavailable
 from tfdeploy.serve.manager import NotFound
-from tfdeploy.serve.servable import OUTPUTS, RequestError
+from tfdeploy.serve.servable import RequestError
 
 ROUTE = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -95,11 +95,9 @@ async def dispatch(manager, request, match, kind, timeout_seconds):
         body = await read_json(request, timeout_seconds)
         if kind == "predict":
             return respond(await predict(manager, match["name"], version, body))
-        if kind == "classify":
-            return respond(await classify(manager, match["name"], version, body))
-        if kind == "regress":
-            raise HttpError(400, "this model is a classifier; use :classify or :predict")
-        raise HttpError(404, f"unknown method :{kind} (predict, classify)")
+        if kind in ("classify", "regress"):
+            return respond(await examples_method(manager, match["name"], version, body, kind))
+        raise HttpError(404, f"unknown method :{kind} (predict, classify, regress)")
     except NotFound as e:
         raise HttpError(404, str(e)) from None
     except RequestError as e:
@@ -165,10 +163,13 @@ async def predict(manager, name, version, body):
     inputs = rows_to_columns(body["instances"], names) if row_format else \
         columns(body["inputs"], names)
     outputs, _ = await api.predict(manager, name, version, sig_name, inputs)
-    if row_format:
-        count = len(outputs["logits"])
-        return {"predictions": [{k: outputs[k][i] for k in OUTPUTS} for i in range(count)]}
-    return {"outputs": outputs}
+    if row_format:  # one output: its values; several: an object per row (as TF Serving)
+        names = list(outputs)
+        if len(names) == 1:
+            return {"predictions": outputs[names[0]]}
+        count = len(outputs[names[0]])
+        return {"predictions": [{k: outputs[k][i] for k in names} for i in range(count)]}
+    return {"outputs": outputs if len(outputs) > 1 else next(iter(outputs.values()))}
 
 
 def signature_name(body):
@@ -222,11 +223,14 @@ def columns(inputs, names):
     return {names[0]: decode_b64(inputs)}
 
 
-async def classify(manager, name, version, body):
+async def examples_method(manager, name, version, body, method):
+    """``:classify`` -> ``{"results": [[[label, score], ...], ...]}``; ``:regress`` ->
+    ``{"results": [value, ...]}`` (TF Serving's REST API), from ``examples``."""
     unknown = sorted(set(body) - {"signature_name", "examples", "context"})
     if unknown:
-        raise RequestError(f"unknown keys {unknown}; a classify request has examples "
+        raise RequestError(f"unknown keys {unknown}; a {method} request has examples "
                            f"(and optionally signature_name, context)")
+    api.check_method(manager, name, version, method)
     examples = body.get("examples")
     if not isinstance(examples, list) or not examples or \
             not all(isinstance(e, dict) for e in examples):
@@ -238,6 +242,9 @@ async def classify(manager, name, version, body):
     with manager.model(name).using(version) as v:
         sig_name, sig = api.classify_signature(v.servable, signature_name(body), merged)
     inputs = rows_to_columns(merged, list(sig.inputs))
+    if method == "regress":
+        results, _ = await api.regress(manager, name, version, sig_name, inputs)
+        return {"results": results}
     results, _ = await api.classify(manager, name, version, sig_name, inputs)
     return {"results": [[[label, score] for label, score in row] for row in results]}
 

@@ -1,21 +1,28 @@
 """One loaded version of one model: its signatures, in one runtime, as N replicas.
 
-Every runtime answers the same way: the artifact gives logits, the servable adds
-``probabilities`` (softmax) and ``label_id`` (argmax), as the SavedModel's
-``serving_default`` does, so a request gets the same answer from TF, LiteRT or ONNX Runtime
-(within the artifact's measured parity). Text models get a second signature,
-``serving_text``, that takes sentences and tokenizes them in the server.
+Every runtime answers the same way: the artifact gives the model's outputs and the
+servable derives the task objective's answer from them (for classes ``probabilities``
+(softmax) and ``label_id`` (argmax) beside ``logits``; a rating's ``prediction``; a click's
+``logit`` and ``probability``), as the SavedModel's ``serving_default`` does, so a request
+gets the same answer from TF, LiteRT or ONNX Runtime (within the artifact's measured
+parity). Text models get a second signature, ``serving_text``, that takes sentences and
+tokenizes them in the server. Models whose SavedModel looks raw features up in the graph
+(``assets/features.json``) take raw features in ``serving_default`` in every runtime (the
+server does the lookups for TFLite and ONNX) and the table rows in ``serving_ids``.
 """
+import json
 import os
 import queue
 
 import numpy as np
 
 from tfdeploy.export import runner_for
+from tfdeploy.export.savedmodel import FEATURES, IDS
+from tfdeploy.objectives import OBJECTIVES, NumpyOps
 from tfdeploy.serve import bundle
+from tfdeploy.serve.features import FeatureEncoder
 
 DEFAULT, TEXT = "serving_default", "serving_text"
-OUTPUTS = {"logits": np.float32, "probabilities": np.float32, "label_id": np.int32}
 
 
 class RequestError(ValueError):
@@ -28,13 +35,23 @@ class Signature:
         self.method = method
 
 
-def read_signature(version_dir):
-    """The SavedModel's ``serving_default`` inputs, read from the saved graph."""
+def read_signatures(version_dir):
+    """{signature name: inputs} of the SavedModel's serving signatures (the saved graph)."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(version_dir).signatures[DEFAULT]
-    return {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape.as_list()))
-            for name, spec in fn.structured_input_signature[1].items()}
+    signatures = tf.saved_model.load(version_dir).signatures
+    return {name: {k: (np.object_ if spec.dtype == tf.string else spec.dtype.as_numpy_dtype,
+                       tuple(spec.shape.as_list()))
+                   for k, spec in signatures[name].structured_input_signature[1].items()}
+            for name in (DEFAULT, IDS) if name in signatures}
+
+
+def read_features(version_dir):
+    path = os.path.join(version_dir, "assets", FEATURES)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return FeatureEncoder(json.load(f))
 
 
 class Servable:
@@ -50,8 +67,11 @@ class Servable:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: the artifact {self.artifact} is missing")
         self.runtime = self.manifest["artifacts"][self.artifact].get("runtime", "tf")
-        inputs = read_signature(version_dir)
-        self.signatures = {DEFAULT: Signature(inputs)}
+        self.objective = OBJECTIVES[self.manifest.get("objective") or "accuracy"]
+        found = read_signatures(version_dir)
+        self.signatures = {name: Signature(inputs) for name, inputs in found.items()}
+        self.encoder = read_features(version_dir)  # raw features -> table rows
+        inputs = found[IDS] if self.encoder else found[DEFAULT]  # what the runtimes take
         text = self.manifest.get("text")
         self.tokenizer = make_tokenizer(version_dir, text) if text else None
         if self.tokenizer:
@@ -67,15 +87,24 @@ class Servable:
         self.pad_values = {name: (self.tokenizer.pad_id if text and text["inputs"].get(name)
                                   == "ids" else 0) for name in inputs}
 
+    @property
+    def output_specs(self):
+        return self.objective.output_specs(len(self.labels or []) or None)
+
     def run(self, inputs):
         replica = self._free.get()
         try:
             logits = np.asarray(replica(inputs), np.float32)
         finally:
             self._free.put(replica)
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return {"logits": logits, "probabilities": shifted / shifted.sum(-1, keepdims=True),
-                "label_id": logits.argmax(-1).astype(np.int32)}
+        return self.objective.outputs(logits, NumpyOps)
+
+    def encodes(self, sig_name):
+        """Whether requests to ``sig_name`` carry raw features the server looks up."""
+        return self.encoder is not None and sig_name == DEFAULT
+
+    def encode(self, raw):
+        return self.encoder(raw)
 
     def tokenize(self, texts):
         """Sentences -> the ``serving_default`` inputs (ragged: padded by the batcher)."""
@@ -85,7 +114,8 @@ class Servable:
         """One request per replica before the version takes traffic (first calls
         compile and allocate)."""
         rows = {}
-        for name, (dtype, shape) in self.signatures[DEFAULT].inputs.items():
+        model_inputs = self.signatures[IDS if self.encoder else DEFAULT].inputs
+        for name, (dtype, shape) in model_inputs.items():
             dims = [1] + [8 if d is None else d for d in shape[1:]]
             rows[name] = np.ones(dims, dtype)
         for _ in range(self._free.qsize()):
