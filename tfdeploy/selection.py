@@ -100,6 +100,8 @@ def wrap_problems(model, names):
             out.append((name, f"a {type(layer).__name__} (a TF op or function called on Keras "
                               f"tensors) has no static output shape for TFMOT's wrapper; "
                               f"write it as a Keras layer (e.g. keras.layers.ReLU)"))
+        except (TypeError, ValueError):  # e.g. an Embedding on [batch] ids: shape unknown
+            continue  # here; TFMOT builds its wrapper from the live layer instead
     return out
 
 

@@ -222,11 +222,15 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
             update_freq=max(1, per_period // 10) if context.per_step_callbacks else "epoch"))
     progress.say(f"  {total} steps at global batch {global_batch} ({context.replicas} "
                  f"replica(s)), {periods} evaluation(s)")
-    extra.append(progress.keras_callback(f"stage {context.stage_name}", periods * per_period,
-                                         per_period, per_step=context.per_step_callbacks))
-    history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
-                        steps_per_epoch=per_period, callbacks=extra, verbose=0,
-                        **context.validation_args())
+    shown = progress.keras_callback(f"stage {context.stage_name}", periods * per_period,
+                                    per_period, per_step=context.per_step_callbacks)
+    extra.append(shown)
+    try:
+        history = model.fit(context.train_dataset(cfg.batch_size), epochs=periods,
+                            steps_per_epoch=per_period, callbacks=extra, verbose=0,
+                            **context.validation_args())
+    finally:
+        shown.tail.stop()
     record = period_log.history() if period_log and period_log.periods else {
         k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,

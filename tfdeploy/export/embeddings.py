@@ -42,8 +42,11 @@ def quantize_rows(table):
     return np.clip(np.round(table / scales[:, None]), -127, 127).astype(np.int8), scales
 
 
-def with_int8_tables(model):
+def with_int8_tables(model, traits):
     """A copy of ``model`` whose Embedding layers read int8 rows; the other weights copied."""
+    if traits.quantization_aware:
+        raise StageError("int8 embeddings: a quantization-aware model's tables are already "
+                         "int8 in its own conversion (tflite_int8); export that instead")
     tables = {layer.name for layer in model.layers
               if isinstance(layer, keras.layers.Embedding)}
     if not tables:
@@ -66,7 +69,7 @@ class Int8EmbeddingFormat(Format):
     """Shared: the int8-table copy of the job's model, made once."""
 
     def int8_model(self, job):
-        return job.once("int8_embeddings", lambda: with_int8_tables(job.model))
+        return job.once("int8_embeddings", lambda: with_int8_tables(job.model, job.traits))
 
 
 @register
