@@ -70,11 +70,15 @@ class Ranker(ModelPlugin):
     def adapt(self, task):
         """Vocabularies (and the label mean) from the training rows only."""
         ex = task.train.examples
-        for name in IDS + TOKENS + (BAG,):
-            if getattr(ex, "dtype", None) is None or name not in (ex.dtype.names or ()):
-                raise DataError(f"model ranker: the data has no feature {name!r} (it needs "
-                                f"{', '.join(IDS + TOKENS + (BAG,))}; use data type "
-                                f"movielens)")
+        names = ex.dtype.names or () if isinstance(ex, np.ndarray) else ()
+        missing = [n for n in IDS + TOKENS + (BAG,) if n not in names]
+        if missing:
+            raise DataError(f"model ranker: the data has no feature {', '.join(missing)} (it "
+                            f"needs {', '.join(IDS + TOKENS + (BAG,))}; use data type "
+                            f"movielens)")
+        if self.num_labels != 1:
+            raise DataError(f"model ranker predicts one value (a rating or a click); the "
+                            f"data has {self.num_labels} classes")
         genres = sorted({g for bag in ex[BAG] for g in str(bag).split("|") if g})
         mean = float(np.mean(task.train.labels))
         if task.objective.name == "auc":  # a logit: the log-odds of a click
