@@ -6,10 +6,6 @@ import numpy as np
 from tfdeploy import objectives, progress
 
 
-def accuracy(logits, labels):
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
 def parity(logits, reference, objective=objectives.CLASSIFICATION):
     """Max abs output difference against the Keras model, and for classes the agreement
     of predicted labels."""

@@ -9,11 +9,16 @@ import numpy as np
 
 
 def _tf():
-    """TensorFlow and Keras 2, imported when training needs them (serving does not)."""
+    """TensorFlow, imported when training or a SavedModel needs it (the server does not)."""
     import tensorflow as tf
+
+    return tf
+
+
+def _keras():
     import tf_keras as keras
 
-    return tf, keras
+    return keras
 
 
 class Objective:
@@ -71,18 +76,18 @@ class Classification(Objective):
     name, raw_output = "accuracy", "logits"
 
     def loss(self):
-        tf, keras = _tf()
+        keras = _keras()
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def keras_metrics(self):
-        tf, keras = _tf()
+        keras = _keras()
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
     def scores(self, outputs, labels):
         return {"accuracy": float(np.mean(np.argmax(outputs, axis=-1) == labels))}
 
     def per_example(self, labels, outputs):
-        tf, keras = _tf()
+        keras = _keras()
         return keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
 
     def outputs(self, raw, xp):
@@ -94,30 +99,36 @@ class Classification(Objective):
                 "probabilities": ("DT_FLOAT", (None, width)), "label_id": ("DT_INT32", (None,))}
 
     def soft(self, student, teacher, t):
-        tf, keras = _tf()
+        tf = _tf()
         soft_teacher = tf.nn.softmax(teacher / t)
         log_student = tf.nn.log_softmax(student / t)
         return tf.reduce_sum(soft_teacher * (tf.math.log(soft_teacher + 1e-12) - log_student),
                              axis=-1) * t * t
 
 
-class Regression(Objective):
-    """One real output (e.g. a rating); RMSE, lower is better."""
+class OneOutput(Objective):
+    """A model with one real output per example and real-valued labels (no classes to
+    agree on)."""
 
-    name, raw_output = "rmse", "prediction"
-    higher_is_better = False
     label_dtype = np.float32
     agreement = False
 
     def output_width(self, num_labels):
         return 1
 
+
+class Regression(OneOutput):
+    """One real output (e.g. a rating); RMSE, lower is better."""
+
+    name, raw_output = "rmse", "prediction"
+    higher_is_better = False
+
     def loss(self):
-        tf, keras = _tf()
+        keras = _keras()
         return keras.losses.MeanSquaredError()
 
     def keras_metrics(self):
-        tf, keras = _tf()
+        keras = _keras()
         return [keras.metrics.RootMeanSquaredError(name="rmse")]
 
     def outputs(self, raw, xp):
@@ -131,31 +142,26 @@ class Regression(Objective):
         return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
 
     def per_example(self, labels, outputs):
-        tf, keras = _tf()
+        tf = _tf()
         return tf.square(tf.reshape(outputs, [-1]) - tf.cast(tf.reshape(labels, [-1]),
                                                               outputs.dtype))
 
     def soft(self, student, teacher, t):
-        tf, keras = _tf()
+        tf = _tf()
         return tf.square(tf.reshape(student, [-1]) - tf.reshape(teacher, [-1]))
 
 
-class Click(Objective):
+class Click(OneOutput):
     """One logit for a yes/no event (e.g. rating >= 4); AUC, higher is better."""
 
     name, raw_output = "auc", "logit"
-    label_dtype = np.float32
-    agreement = False
-
-    def output_width(self, num_labels):
-        return 1
 
     def loss(self):
-        tf, keras = _tf()
+        keras = _keras()
         return keras.losses.BinaryCrossentropy(from_logits=True)
 
     def keras_metrics(self):
-        tf, keras = _tf()
+        keras = _keras()
         return [keras.metrics.AUC(from_logits=True, name="auc")]
 
     def outputs(self, raw, xp):
@@ -173,12 +179,12 @@ class Click(Objective):
         return {"auc": auc(logits, labels), "log_loss": float(log_loss)}
 
     def per_example(self, labels, outputs):
-        tf, keras = _tf()
+        tf = _tf()
         return tf.nn.sigmoid_cross_entropy_with_logits(
             tf.cast(tf.reshape(labels, [-1]), outputs.dtype), tf.reshape(outputs, [-1]))
 
     def soft(self, student, teacher, t):
-        tf, keras = _tf()
+        tf = _tf()
         return tf.nn.sigmoid_cross_entropy_with_logits(
             tf.sigmoid(tf.reshape(teacher, [-1]) / t), tf.reshape(student, [-1]) / t) * t * t
 
@@ -232,20 +238,20 @@ class TFOps:
 
     @staticmethod
     def softmax(x):
-        return _tf()[0].nn.softmax(x)
+        return _tf().nn.softmax(x)
 
     @staticmethod
     def sigmoid(x):
-        return _tf()[0].sigmoid(x)
+        return _tf().sigmoid(x)
 
     @staticmethod
     def argmax(x):
-        tf = _tf()[0]
+        tf = _tf()
         return tf.argmax(x, axis=-1, output_type=tf.int32)
 
     @staticmethod
     def reshape(x, shape):
-        return _tf()[0].reshape(x, shape)
+        return _tf().reshape(x, shape)
 
 
 def of(record):

@@ -72,18 +72,23 @@ def to_rows(servable, sig_name, inputs):
     return [arrays]
 
 
+def utf8(item, what):
+    """``item`` with bytes decoded (gRPC string tensors arrive as bytes)."""
+    if not isinstance(item, bytes):
+        return item
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"{what}: not valid UTF-8") from None
+
+
 def strings(name, value):
     """A raw feature: one string (or number, read as its text) per row."""
     items = value.tolist() if isinstance(value, np.ndarray) else value
     if not isinstance(items, list) or not items:
         raise RequestError(f"input {name}: expected a non-empty list of values")
     out = []
-    for item in items:
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RequestError(f"input {name}: not valid UTF-8") from None
+    for item in map(lambda i: utf8(i, f"input {name}"), items):
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise RequestError(f"input {name}: expected a string or number per row, got "
                                f"{type(item).__name__}")
@@ -101,12 +106,7 @@ def texts(value):
     if not isinstance(items, list) or not items:
         raise RequestError("text: expected a non-empty list of strings")
     out = []
-    for item in items:
-        if isinstance(item, bytes):
-            try:
-                item = item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RequestError("text: not valid UTF-8") from None
+    for item in map(lambda i: utf8(i, "text"), items):
         if not isinstance(item, str):
             raise RequestError(f"text: expected strings, got {type(item).__name__}")
         if len(item) > MAX_TEXT_CHARS:
