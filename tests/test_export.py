@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfdeploy import evaluate
-from tfdeploy.export import FORMATS, Artifact, tflite
+from tfdeploy.export import FORMATS, Artifact, litert, tflite
 from tfdeploy.models import checkpoints
 
 from conftest import ROOT, run_cli
@@ -27,6 +27,8 @@ def small_run(tmp_path_factory, sst2_dir):
     ckpt = tmp / "ckpt"
     make_checkpoint(str(ckpt), cfg=cfg)
     shutil.copy(vocab, ckpt / "vocab.txt")
+    quantizer_recipe = tmp / "fc_int8.json"  # the tflite_recipe format's: dynamic int8 FCs
+    quantizer_recipe.write_text(json.dumps([litert.rule("FULLY_CONNECTED", 8)]))
     recipe = tmp / "small.yaml"
     recipe.write_text(f"""base: {TINY}
 name: small
@@ -34,7 +36,8 @@ model: {{checkpoint: {ckpt}, layers: null}}
 data: {{max_train_examples: 300}}
 evaluate: {{max_examples: 200}}
 stages: [{{type: train, steps: 10, learning_rate: 1.0e-3}}]
-export: {{formats: [{', '.join(FORMATS)}], dir: {tmp / 'saved_models'}, calibration_examples: 20}}
+export: {{formats: [{', '.join(FORMATS)}], dir: {tmp / 'saved_models'}, calibration_examples: 20,
+         quantizer_recipe: {quantizer_recipe}}}
 benchmark: {{enabled: true, batch_sizes: [1, 4], seq_length: 16, runs: 5, seconds: 0.2,
             warmup_runs: 2, warmup_seconds: 0.05}}
 """)

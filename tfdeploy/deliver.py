@@ -4,6 +4,7 @@ Artifacts are handled one at a time (write, then evaluate), so when an exporter 
 evaluator fails the ones finished before it are on disk and in ``records``; the failure
 becomes one :class:`ArtifactError` naming the artifact and the cause.
 """
+import json
 import os
 
 from tfdeploy import bench, evaluate, export, objectives, progress
@@ -43,30 +44,91 @@ def deliver(recipe, context, model, traits, stage_name, records, folder=None):
     keras_records = [r for r in records if r["artifact"] == "keras"]
     baseline = objectives.value(keras_records[0]) if keras_records else None
     job = ExportJob(recipe, context, model, traits, folder)
+    gates = Gates(recipe, traits, baseline, selection_baseline(keras_records))
     artifacts, problems = [], []
     for name in recipe.export.formats:
-        progress.say(f"export {name}: writing")
-        with progress.heartbeat(f"export {name}"):
-            artifact = guarded(f"export {name}", job.write, name)
-        artifacts.append(artifact)
-        rec = evaluate_one(artifact, context, stage_name, reference, traits)
-        records.append(rec)
-        problem = gate(rec, artifact, recipe, baseline, traits)
-        if problem and name == "tflite_int8" and not traits.quantization_aware and \
-                recipe.export.int8_fallback == "on_gate":
-            rec["gate"] = problem
-            print(f"  {problem}\n  retrying full int8 with sensitive ops in float", flush=True)
-            retry = guarded("export tflite_int8_fallback", int8_fallback, job)
-            artifacts.append(retry)
-            rec = evaluate_one(retry, context, stage_name, reference, traits)
-            records.append(rec)
-            problem = gate(rec, retry, recipe, baseline, traits)
-        rec["gate"] = problem or "passed"
+        made, problem = deliver_one(name, job, context, stage_name, reference, gates, records)
+        artifacts += made
         if problem:
             problems.append(problem)
     if recipe.benchmark.enabled:
         guarded("benchmark", benchmark, recipe, context, artifacts, records)
     return artifacts, problems
+
+
+def deliver_one(name, job, context, stage_name, reference, gates, records):
+    """Write, evaluate and gate format ``name``, searching for a mixed precision that passes
+    when the recipe asks; append its record(s). Returns (artifacts, gate problem or None)."""
+    fmt, mode = export.get(name), job.recipe.evaluate.search
+    def searchable():  # asked only when needed: listing layers converts the model
+        return bool(fmt.precisions) and mode != "off" and bool(fmt.layers(job))
+
+    if mode == "always" and searchable():
+        return searched(fmt, job, context, stage_name, reference, gates, records, "always")
+    progress.say(f"export {name}: writing")
+    with progress.heartbeat(f"export {name}"):
+        artifact = guarded(f"export {name}", job.write, name)
+    rec = evaluate_one(artifact, context, stage_name, reference, job.traits)
+    records.append(rec)
+    problem = gates.check(rec, artifact)
+    if problem and gates.selection is not None and searchable():
+        print(f"  {problem}\n  searching for the layers {name} must keep at higher precision",
+              flush=True)
+        records.pop()
+        return searched(fmt, job, context, stage_name, reference, gates, records, problem)
+    if problem and name == "tflite_int8" and not job.traits.quantization_aware and \
+            job.recipe.export.int8_fallback == "on_gate":
+        rec["gate"] = problem
+        print(f"  {problem}\n  retrying full int8 with sensitive ops in float", flush=True)
+        retry = guarded("export tflite_int8_fallback", int8_fallback, job)
+        rec = evaluate_one(retry, context, stage_name, reference, job.traits)
+        records.append(rec)
+        problem = gates.check(rec, retry)
+        rec["gate"] = problem or "passed"
+        return [artifact, retry], problem
+    rec["gate"] = problem or "passed"
+    return [artifact], problem
+
+
+def searched(fmt, job, context, stage_name, reference, gates, records, trigger):
+    """Run the accuracy search for ``fmt`` (see tfdeploy.search), write the chosen mix as
+    the artifact, evaluate and gate it; its record carries the search and the mix."""
+    from tfdeploy import search
+    from tfdeploy.rundir import atomic_write_text
+
+    path = job.path(fmt.name)
+    with progress.heartbeat(f"search {fmt.name}"):
+        outcome = guarded(f"search {fmt.name}",
+                          search.Search(fmt, job, context, gates.selection).run, path)
+    artifact = export.Artifact(fmt.name, path)
+    recipe_path = os.path.splitext(path)[0] + ".recipe.json"
+    atomic_write_text(recipe_path, json.dumps(fmt.mixed_recipe(job, outcome.kept), indent=1))
+    rec = evaluate_one(artifact, context, stage_name, reference, job.traits)
+    objective = context.task.objective
+    rec["search"] = dict(outcome.summary(objective), trigger=trigger, recipe=recipe_path)
+    records.append(rec)
+    problem = gates.check(rec, artifact)
+    if problem:
+        problem = f"{problem}; {outcome.describe(objective)}"
+    rec["gate"] = problem or "passed"
+    return [artifact], problem
+
+
+def selection_baseline(keras_records):
+    """The first stage's Keras metric on the selection split: what a search's steps are
+    gated against (the validation split chooses nothing)."""
+    if not keras_records or "selection" not in keras_records[0]:
+        return None
+    return keras_records[0]["selection"]["metrics"][keras_records[0]["metric"]]
+
+
+class Gates:
+    def __init__(self, recipe, traits, baseline, selection):
+        self.recipe, self.traits = recipe, traits
+        self.baseline, self.selection = baseline, selection
+
+    def check(self, rec, artifact):
+        return gate(rec, artifact, self.recipe, self.baseline, self.traits)
 
 
 def evaluate_one(artifact, context, stage_name, reference, traits):

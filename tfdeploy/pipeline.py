@@ -106,6 +106,9 @@ def preflight(context, stage_list):
             print(f"  {layer:40s} cannot wrap: {why}")
         context.traits = stage.planned_traits(context.traits)
     stages.check_wrappable(stage_list, model, context)
+    for name in context.recipe.export.formats:
+        for line in export.get(name).dry_run(model, context.recipe):
+            print(line if line.startswith(" ") else f"export {line}")
     return model
 
 

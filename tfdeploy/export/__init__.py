@@ -21,15 +21,53 @@ class Format:
     is_float = False    # float artifacts must agree with Keras within float_tolerance
     suffix = ""         # file name ending; "" for a directory
     order = 100         # position in the default list (and in the JSON Schema)
+    # Precision ladder of a quantized format whose layers can be kept at a higher precision
+    # (its own first, e.g. ("int4", "int8", "float")); () = no per-layer control, so the
+    # accuracy search (tfdeploy.search) cannot help it.
+    precisions = ()
 
     def write(self, job, path):
         """Write the artifact to ``path`` (atomically) and return the path."""
         raise NotImplementedError
 
+    def layers(self, job):
+        """[(layer, op type)] this format quantizes, in model order (with ``precisions``)."""
+        return []
+
+    def write_mixed(self, job, path, kept):
+        """Write with each layer of ``kept`` ({layer: precision from ``precisions``}) at
+        that precision instead of the format's own; return the path."""
+        raise NotImplementedError(f"{self.name} has no per-layer precision")
+
+    def mixed_recipe(self, job, kept):
+        """JSON-able description of the mix ``kept`` that reproduces the file."""
+        return {"kept": dict(kept)}
+
+    def dry_run(self, model, recipe):
+        """Lines for ``--dry_run``: what this format will quantize in the Keras ``model``
+        under the tfdeploy ``recipe``, or () when it quantizes nothing."""
+        return ()
+
     def weight_sparsity(self, path):
         """Share of zeros in the matmul/conv weights stored in the file, or None (not
         measured for this format)."""
         return None
+
+
+def weight_layers(model):
+    """[(layer name, class name, kind)] of the Keras layers whose weights quantizers act on;
+    kind: dense, embedding, conv or depthwise (what they become in TFLite and ONNX)."""
+    import tf_keras as keras
+
+    kinds = ((keras.layers.Embedding, "embedding"), (keras.layers.DepthwiseConv2D, "depthwise"),
+             (keras.layers.Conv2D, "conv"), (keras.layers.Dense, "dense"),
+             (keras.layers.EinsumDense, "dense"))
+    out = []
+    for layer in model.layers:  # the plugins build flat functional models
+        kind = next((k for cls, k in kinds if isinstance(layer, cls)), None)
+        if kind:
+            out.append((layer.name, type(layer).__name__, kind))
+    return out
 
 
 def register(cls):

@@ -80,6 +80,27 @@ class ExportJob:
             self.model, plugin.input_specs(), self.path("onnx_fp32"), self.recipe.export.opset,
             plugin.onnx_rewrite))
 
+    def tflite_fp32(self):
+        """The float TFLite file: the ``tflite_fp32`` artifact when the recipe lists it, else
+        a file for the converters in ``.convert/``."""
+        from tfdeploy.export import tflite
+
+        path = self.path("tflite_fp32") if "tflite_fp32" in self.recipe.export.formats else \
+            os.path.join(self.folder, ".convert", "float.tflite")
+        return self.once("tflite_fp32", lambda: tflite.export(self.savedmodel(), "tflite_fp32",
+                                                              path))
+
+    def tflite_lookups(self):
+        """Bytes of the float TFLite file with embedding GATHERs as EMBEDDING_LOOKUPs: what
+        the LiteRT Quantizer formats quantize."""
+        from tfdeploy.export import litert
+
+        def make():
+            with open(self.tflite_fp32(), "rb") as f:
+                return litert.gathers_as_lookups(f.read())
+
+        return self.once("tflite_lookups", make)
+
     def representative(self):
         """Calibration rows from the training split (a generator factory for TFLite)."""
         count = min(self.recipe.export.calibration_examples, len(self.context.train))

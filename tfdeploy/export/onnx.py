@@ -34,9 +34,38 @@ class OnnxFp32(Format):
 @register
 class OnnxInt8(Format):
     name, runtime, suffix, order = "onnx_int8", "onnxruntime", ".onnx", 21
+    precisions = ("int8", "float")
 
     def write(self, job, path):
         return quantize(job.onnx_fp32(), path)
+
+    def layers(self, job):
+        return job.once(("onnx_layers", self.name),
+                        lambda: weight_nodes(job.onnx_fp32(), DYNAMIC_OPS))
+
+    def write_mixed(self, job, path, kept):
+        return quantize(job.onnx_fp32(), path, exclude=sorted(kept))
+
+    def mixed_recipe(self, job, kept):
+        return {"engine": "onnxruntime.quantization.quantize_dynamic",
+                "op_types_to_quantize": list(DYNAMIC_OPS), "nodes_to_exclude": sorted(kept)}
+
+    def dry_run(self, model, recipe):
+        return (f"{self.name}: ORT dynamic int8 of {', '.join(DYNAMIC_OPS)} nodes with "
+                f"constant weights (per tensor), activations quantized at run time",)
+
+
+DYNAMIC_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
+
+
+def weight_nodes(path, op_types):
+    """[(node name, op type)] of the ``op_types`` nodes that read a constant (weights)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    constants = {t.name for t in graph.initializer}
+    return [(n.name, n.op_type) for n in graph.node
+            if n.op_type in op_types and n.name and any(i in constants for i in n.input)]
 
 
 def register_erfc():
@@ -227,15 +256,16 @@ def optimize(proto, model_type, num_heads=0, hidden_size=0):
         return optimized.model
 
 
-def quantize(src_path, dst_path):
-    """ORT dynamic int8: weights of MatMul/Attention and the embedding Gather tables."""
+def quantize(src_path, dst_path, exclude=()):
+    """ORT dynamic int8: weights of MatMul/Attention and the embedding Gather tables, except
+    the nodes named in ``exclude`` (they stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "int8.onnx")
         quantize_dynamic(src_path, out, weight_type=QuantType.QInt8, per_channel=False,
-                         op_types_to_quantize=["MatMul", "Attention", "Gather",
-                                               "EmbedLayerNormalization"])
+                         op_types_to_quantize=list(DYNAMIC_OPS),
+                         nodes_to_exclude=list(exclude))
         with open(out, "rb") as f:
             atomic_write_bytes(dst_path, f.read())
     return dst_path

@@ -10,6 +10,8 @@ already holds QuantizeLinear/DequantizeLinear pairs with the ranges QAT learned 
 converts its fake-quant ops), so it is the static int8 file as it is; quantizing it again
 stalled ONNX Runtime's quantizer (a 20-minute hang on a 0.1 MB CNN).
 """
+import contextlib
+import logging
 import os
 import tempfile
 
@@ -22,19 +24,68 @@ from tfdeploy.rundir import atomic_write_bytes
 @register
 class OnnxStaticInt8(Format):
     name, runtime, suffix, order = "onnx_static_int8", "onnxruntime", ".onnx", 22
+    precisions = ("int8", "float")
 
     def write(self, job, path):
         if job.traits.quantization_aware:
             with open(job.onnx_fp32(), "rb") as f:
                 atomic_write_bytes(path, f.read())
             return path
-        return quantize_static(job.onnx_fp32(), path, job.representative())
+        return self.write_mixed(job, path, {})
+
+    def layers(self, job):
+        if job.traits.quantization_aware:
+            return []  # its ranges are the ones QAT learned: nothing to choose
+        from tfdeploy.export.onnx import weight_nodes
+
+        return job.once(("onnx_layers", self.name),
+                        lambda: weight_nodes(prepared(job), WEIGHT_OPS))
+
+    def write_mixed(self, job, path, kept):
+        return quantize_static(prepared(job), path, job.representative(), sorted(kept))
+
+    def mixed_recipe(self, job, kept):
+        return {"engine": "onnxruntime.quantization.quantize_static (QDQ, per channel)",
+                "nodes_to_exclude": sorted(kept)}
+
+    def dry_run(self, model, recipe):
+        return (f"{self.name}: ORT static QDQ: {', '.join(WEIGHT_OPS)} weights int8 per "
+                f"channel, activations uint8 calibrated on training rows",)
 
 
-def quantize_static(src_path, dst_path, representative):
+WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def prepared(job):
+    """The float ONNX file after ORT's pre-processing, once per job: batch norms folded
+    into convs and shapes inferred, so the quantizer sees the graph ORT will run."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    def make():
+        path = os.path.join(job.folder, ".convert", "onnx_prepared.onnx")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        quant_pre_process(job.onnx_fp32(), path, skip_symbolic_shape=True)
+        return path
+
+    return job.once("onnx_prepared", make)
+
+
+@contextlib.contextmanager
+def quiet():
+    """ORT's quantizer warns through the root logger for every 1-D weight it leaves per
+    tensor (LayerNorm scales): once per layer per call, hundreds of lines in a search."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_static(prepared_path, dst_path, representative, exclude=()):
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static as ort_quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Rows(CalibrationDataReader):
         def __init__(self):
@@ -45,13 +96,11 @@ def quantize_static(src_path, dst_path, representative):
             return None if row is None else {k: np.asarray(v) for k, v in row.items()}
 
     with tempfile.TemporaryDirectory() as tmp:
-        out, prepared = os.path.join(tmp, "static_int8.onnx"), os.path.join(tmp, "pre.onnx")
-        # ORT's recommended first step: fold batch norms into convs, infer shapes, so that
-        # the quantizer sees the graph ORT will run.
-        quant_pre_process(src_path, prepared, skip_symbolic_shape=True)
-        ort_quantize_static(prepared, out, Rows(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8)
+        out = os.path.join(tmp, "static_int8.onnx")
+        with quiet():
+            ort_quantize_static(prepared_path, out, Rows(), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
         with open(out, "rb") as f:
             atomic_write_bytes(dst_path, f.read())
     return dst_path

@@ -32,6 +32,9 @@ class TFLiteFormat(Format):
 class Fp32(TFLiteFormat):
     name, is_float, order = "tflite_fp32", True, 10
 
+    def write(self, job, path):
+        return job.tflite_fp32()  # written once: the quantizer formats start from it
+
 
 @register
 class Fp16(TFLiteFormat):

@@ -57,6 +57,11 @@ class Export:
     opset: int = field(17, ge=13, le=21, doc="ONNX opset for onnx_* formats.")
     calibration_examples: int = field(100, ge=1, le=100000, doc="Training examples used to calibrate "
                                                      "tflite_int8 activation ranges.")
+    quantizer_recipe: str = field("", doc="A LiteRT Quantizer recipe JSON (a list of rules: "
+                                          "regex, operation, algorithm_key, op_config) for "
+                                          "the tflite_recipe format, e.g. the "
+                                          "<artifact>.recipe.json an accuracy search saved. "
+                                          "Read as data.")
     int8_fallback: Literal["off", "on_gate", "always"] = field(
         "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
                        "ops (LayerNorm pieces, softmax, elementwise, attention matmuls) in "
@@ -79,6 +84,20 @@ class Evaluate:
                                                "evaluation.")
     float_tolerance: float = field(1e-4, gt=0, doc="Max abs logit difference allowed between "
                                                    "a float artifact and its Keras model.")
+    search: Literal["off", "on_gate", "always"] = field(
+        "on_gate", doc="Accuracy-aware mixed precision for quantized formats with per-layer "
+                       "control (tflite_int4/w4/w8/recipe, onnx_int8, onnx_static_int8): "
+                       "on_gate = when an artifact fails max_drop, rank its layers by "
+                       "sensitivity and keep the most sensitive at a higher precision one by "
+                       "one until the gate holds on the selection split; always = search "
+                       "every such format. Needs max_drop and data.selection_split.")
+    search_max_layers: int = field(8, ge=1, le=10000, doc="Most layers a search keeps at "
+                                                         "higher precision.")
+    search_seconds: float = field(1800.0, gt=0, doc="Time budget of one format's search.",
+                                  unit="s")
+    search_examples: int = field(256, ge=1, le=100000, doc="Selection rows the sensitivity "
+                                                          "of each layer is measured on.",
+                                 unit="examples")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -142,6 +161,26 @@ class Recipe:
             if name in names[:i]:
                 yield (("stages", i, "name"), f"stage name {name!r} is used twice; give each "
                                               "stage a unique name")
+        yield from self.check_quantization()
+
+    def check_quantization(self):
+        if "tflite_recipe" in self.export.formats:
+            if not self.export.quantizer_recipe:
+                yield (("export", "quantizer_recipe"), "the tflite_recipe format needs a "
+                                                        "LiteRT Quantizer recipe JSON here")
+            else:
+                from tfdeploy.export.litert import load_recipe
+                try:
+                    load_recipe(self.export.quantizer_recipe)
+                except ValueError as e:
+                    yield (("export", "quantizer_recipe"), str(e))
+        if self.evaluate.search == "always":
+            if self.evaluate.max_drop is None:
+                yield (("evaluate", "search"), "a search stops when the gate holds: set "
+                                               "evaluate.max_drop")
+            if not self.data.selection_split:
+                yield (("evaluate", "search"), "a search decides on the selection split: "
+                                               "set data.selection_split > 0")
 
 
 def to_dict(config):

@@ -1,0 +1,139 @@
+"""Post-training quantization that searches (issue #18): the LiteRT Quantizer formats, the
+GATHER -> EMBEDDING_LOOKUP rewrite they need, the recipe checks, and the accuracy search
+forced by a tight gate on the tiny recipe (real SST-2 rows, a 2-layer MiniLM slice)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfdeploy.export import litert
+
+from conftest import ROOT, run_cli
+
+TINY = os.path.join(ROOT, "recipes", "tiny.yaml")
+
+
+def gather_model(tmp_path):
+    """A float TFLite file whose only op reads a constant table with [batch, seq] ids."""
+    import tensorflow as tf
+
+    table = tf.constant(np.random.default_rng(0).normal(size=(200, 64)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+    def lookup(ids):
+        return {"logits": tf.gather(table, ids)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [lookup.get_concrete_function()], lookup)
+    path = tmp_path / "gather.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def run_tflite(data, ids):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=data)
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    interp.resize_tensor_input(inp["index"], ids.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], ids)
+    interp.invoke()
+    return interp.get_tensor(out["index"])
+
+
+def test_gather_becomes_embedding_lookup_with_the_same_rows(tmp_path):
+    data = gather_model(tmp_path).read_bytes()
+    rewritten = litert.gathers_as_lookups(data)
+    ops = [op for _, op, _ in litert.op_outputs(rewritten)]
+    assert "GATHER" not in ops and "EMBEDDING_LOOKUP" in ops
+    ids = np.array([[1, 7, 199], [0, 3, 3]], np.int32)
+    np.testing.assert_array_equal(run_tflite(rewritten, ids), run_tflite(data, ids))
+    # and the quantizer now quantizes the table: int4 rows, close to the float ones
+    quantized = litert.quantize(rewritten, [litert.rule("EMBEDDING_LOOKUP", 4, "BLOCKWISE_32")])
+    assert len(quantized) < len(rewritten) / 3
+    err = np.abs(run_tflite(quantized, ids) - run_tflite(data, ids)).max()
+    assert 0 < err < 0.5
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("{not json", "not JSON"),
+    ("[]", "non-empty JSON list"),
+    ('[{"regex": ".*", "operation": "*"}]', "rule 0 needs string fields algorithm_key"),
+    ('[{"regex": "(", "operation": "*", "algorithm_key": "no_quantize"}]', "rule 0: regex"),
+])
+def test_bad_quantizer_recipe_is_named(tmp_path, text, expected):
+    path = tmp_path / "recipe.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=expected):
+        litert.load_recipe(str(path))
+
+
+def test_recipe_checks_refuse_before_any_work(tmp_path):
+    proc = run_cli(TINY, f"--output_dir={tmp_path}", "--set=export.formats=[tflite_recipe]",
+                   "--set=evaluate.search=always")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "export.quantizer_recipe" in proc.stderr and "tflite_recipe" in proc.stderr
+    assert "evaluate.search" in proc.stderr and "max_drop" in proc.stderr
+    assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def searched_run(tmp_path_factory, sst2_dir):
+    """tflite_w4 (weight-only int4, embeddings included) misses a 0.5-point gate on the
+    tiny model; the search on the selection split then keeps layers at int8."""
+    tmp = tmp_path_factory.mktemp("search")
+    args = [TINY, f"--output_dir={tmp / 'runs'}", f"--set=export.dir={tmp / 'saved_models'}",
+            "--set=export.formats=[tflite_w4]", "--set=evaluate.max_drop=0.005",
+            "--set=evaluate.search_max_layers=3"]
+    proc = run_cli(*args)
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    (run_dir,) = (tmp / "runs" / "tiny").iterdir()
+    records = json.loads((run_dir / "metrics.json").read_text())["records"]
+    return tmp, args, proc, run_dir, {r["artifact"]: r for r in records}
+
+
+def test_search_keeps_sensitive_layers_at_higher_precision(searched_run):
+    _, _, proc, _, records = searched_run
+    search = records["tflite_w4"]["search"]
+    assert "below the baseline" in search["trigger"]  # it ran because the gate failed
+    curve = search["curve"]
+    assert curve[0]["kept"] == 0 and len(curve) >= 2
+    kept = search["kept"]
+    assert 1 <= len(kept) <= 3 and set(kept.values()) == {"int8"}
+    accepted = [step["accuracy"] for step in curve if step["accepted"]]
+    assert accepted == sorted(accepted) and accepted[-1] > accepted[0]  # better each step
+    assert search["evaluations"] >= len(search["sensitivity"]) + len(curve)
+    assert search["seconds"] > 0
+    layers = [s["layer"] for s in search["sensitivity"]]
+    assert set(kept) <= set(layers)
+    errors = [s["output_mse"] for s in search["sensitivity"]]
+    assert errors == sorted(errors, reverse=True)
+    if proc.returncode == 3:  # the validation gate may still fail: it says what was tried
+        assert "the search tried" in proc.stderr and "stopped:" in proc.stderr
+    else:
+        assert records["tflite_w4"]["gate"] == "passed"
+
+
+def test_searched_recipe_is_reusable_and_the_search_deterministic(searched_run):
+    tmp, args, _, run_dir, records = searched_run
+    recipe_json = records["tflite_w4"]["search"]["recipe"]
+    assert json.load(open(recipe_json))[-1]["regex"].startswith("^")
+    proc = run_cli(*args[:3], "--resume", "--set=export.formats=[tflite_w4,tflite_recipe]",
+                   f"--set=export.quantizer_recipe={recipe_json}", *args[4:])
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    runs = sorted((tmp / "runs" / "tiny").iterdir())
+    again = {r["artifact"]: r for r in
+             json.loads((runs[-1] / "metrics.json").read_text())["records"]}
+    first = records["tflite_w4"]["search"]
+    assert again["tflite_w4"]["search"]["kept"] == first["kept"]  # same seed, same choice
+    assert again["tflite_w4"]["search"]["sensitivity"] == first["sensitivity"]
+    reused = again["tflite_recipe"]
+    if "search" not in reused:  # the saved recipe rebuilds the searched file
+        assert reused["size_bytes"] == records["tflite_w4"]["size_bytes"]
+        assert reused["metrics"] == records["tflite_w4"]["metrics"]
+    else:  # it failed the gate as the searched file did; its own search starts from it
+        chosen = [step for step in first["curve"] if step["accepted"]][-1]
+        assert reused["search"]["curve"][0]["size_bytes"] == chosen["size_bytes"]
+        assert reused["search"]["curve"][0]["accuracy"] == chosen["accuracy"]
