@@ -259,6 +259,24 @@ def test_parameter_server_refuses_clearly(tmp_path):
     assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
 
 
+def grpc_regress(server, instances):
+    """The values TF Serving's own gRPC client gets from ``Regress`` (tf.Example rows)."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc, regression_pb2
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{server.grpc}"))
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "ml"
+    for row in instances:
+        example = request.input.example_list.examples.add()
+        for key, value in row.items():
+            example.features.feature[key].bytes_list.value.append(str(value).encode())
+    response = stub.Regress(request, 30)
+    assert response.model_spec.version.value == 1
+    return [r.value for r in response.result.regressions]
+
+
 def test_served_with_raw_features(tiny_run):
     """``tfdeploy.serve`` answers raw feature rows (strings, as a client has them) the way
     the SavedModel's own ``serving_default`` does (TF Serving), from the SavedModel and
@@ -290,6 +308,8 @@ def test_served_with_raw_features(tiny_run):
             np.testing.assert_allclose(body["results"], expected.numpy(), atol=1e-4)
             status, body = server.call("/v1/models/ml:classify", {"examples": instances})
             assert status == 400 and ":regress" in body["error"], body
+            np.testing.assert_allclose(grpc_regress(server, instances), expected.numpy(),
+                                       atol=1e-4)
             status, body = server.call("/v1/models/ml:predict", {"instances": [
                 {k: v for k, v in instances[0].items() if k != "genres"}]})
             assert status == 400 and "genres" in body["error"], body

@@ -14,11 +14,11 @@ from conftest import ROOT, run_cli
 TINY = os.path.join(ROOT, "recipes", "tiny.yaml")
 
 
-def gather_model(tmp_path):
+def gather_model(tmp_path, width=64):
     """A float TFLite file whose only op reads a constant table with [batch, seq] ids."""
     import tensorflow as tf
 
-    table = tf.constant(np.random.default_rng(0).normal(size=(200, 64)).astype(np.float32))
+    table = tf.constant(np.random.default_rng(0).normal(size=(200, width)).astype(np.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
     def lookup(ids):
@@ -55,6 +55,36 @@ def test_gather_becomes_embedding_lookup_with_the_same_rows(tmp_path):
     assert len(quantized) < len(rewritten) / 3
     err = np.abs(run_tflite(quantized, ids) - run_tflite(data, ids)).max()
     assert 0 < err < 0.5
+
+
+class FakeJob:
+    """What a quantizer format reads from an export job: the recipe and the float file."""
+
+    def __init__(self, data):
+        self.data = data
+        self.recipe = None
+
+    def once(self, key, make):
+        return make()
+
+    def tflite_lookups(self):
+        return self.data
+
+
+def test_blockwise_rule_falls_back_to_per_channel_where_blocks_do_not_fit(tmp_path):
+    data = litert.gathers_as_lookups(gather_model(tmp_path, width=24).read_bytes())
+    job = FakeJob(data)
+    recipe = litert.Int4().mixed_recipe(job, {})
+    (layer, op), = litert.Int4().layers(job)
+    chosen = litert.last_rule(recipe, op, layer + ";")
+    assert chosen["op_config"]["weight_tensor_config"]["granularity"] == "CHANNELWISE"
+    assert chosen["op_config"]["weight_tensor_config"]["num_bits"] == 4
+    ids = np.array([[1, 2]], np.int32)
+    quantized = litert.quantize(data, recipe)  # 24 is not a multiple of 32: no error
+    assert np.abs(run_tflite(quantized, ids) - run_tflite(data, ids)).max() < 0.5
+    kept = litert.Int4().mixed_recipe(job, {layer: "int8"})
+    assert litert.last_rule(kept, op, layer + ";")["op_config"]["weight_tensor_config"][
+        "num_bits"] == 8
 
 
 @pytest.mark.parametrize("text, expected", [

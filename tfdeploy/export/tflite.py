@@ -40,10 +40,17 @@ class Fp32(TFLiteFormat):
 class Fp16(TFLiteFormat):
     name, order = "tflite_fp16", 11
 
+    def dry_run(self, model, recipe):
+        return (f"{self.name} (TFLite converter): every weight float16, computed in float32",)
+
 
 @register
 class DynamicInt8(TFLiteFormat):
     name, order = "tflite_dynamic_int8", 12
+
+    def dry_run(self, model, recipe):
+        return (f"{self.name} (TFLite converter): FULLY_CONNECTED, CONV_2D and GATHER table "
+                f"weights int8; activations float, quantized at run time",)
 
 
 @register
@@ -52,6 +59,14 @@ class Int8(TFLiteFormat):
     training rows (with ``int8_fallback: always``, sensitive ops kept float from the start)."""
 
     name, order = "tflite_int8", 13
+
+    def dry_run(self, model, recipe):
+        ex = recipe.export
+        kept = f"; {', '.join(FALLBACK_FLOAT_OPS)} stay float" if ex.int8_fallback == "always" \
+            else ""
+        return (f"{self.name} (TFLite converter): weights and activations int8, activation "
+                f"ranges calibrated on {ex.calibration_examples} training rows (from a QAT "
+                f"model: its learned ranges){kept}",)
 
     def write(self, job, path):
         if job.traits.quantization_aware:

@@ -49,7 +49,10 @@ class Export:
                                             "savedmodel (TF Serving), tflite_fp32, tflite_fp16, "
                                             "tflite_dynamic_int8, tflite_int8 (calibrated "
                                             "full int8; int8 from QAT ranges after a qat stage), "
-                                            "onnx_fp32 (ORT-optimized), onnx_int8 (ORT dynamic).")
+                                            "onnx_fp32 (ORT-optimized), onnx_int8 (ORT dynamic), "
+                                            "onnx_static_int8 (ORT QDQ), tflite_int4, "
+                                            "tflite_w8, tflite_w4, tflite_recipe (LiteRT "
+                                            "Quantizer); README: 'Exports'.")
     dir: str = field("saved_models", doc="Root of exports: <dir>/<recipe name>/<version>/ "
                                          "(TF Serving layout). Relative to the working dir.")
     version: int = field(0, ge=0, doc="Model version directory; 0 = one above the highest "

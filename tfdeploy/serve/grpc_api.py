@@ -1,12 +1,12 @@
 """TF Serving's gRPC services from the tensorflow-serving-api protos:
-``PredictionService`` (Predict, Classify, GetModelMetadata) and
+``PredictionService`` (Predict, Classify, Regress, GetModelMetadata) and
 ``ModelService.GetModelStatus``, so TF Serving's own Python client works unchanged."""
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+                                     prediction_service_pb2_grpc, regression_pb2)
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 
@@ -96,6 +96,25 @@ class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
         return await guarded(context, self.metrics, self.known(request.model_spec.name),
                              "classify", call)
+
+    async def Regress(self, request, context):
+        async def call():
+            spec = request.model_spec
+            examples = examples_of(request.input)
+            api.check_method(self.manager, spec.name, version_of(spec), "regress")
+            with self.manager.model(spec.name).using(version_of(spec)) as v:
+                sig_name, sig = api.classify_signature(v.servable, spec.signature_name,
+                                                       examples)
+                inputs = example_inputs(examples, sig)
+            values, number = await api.regress(self.manager, spec.name, version_of(spec),
+                                               sig_name, inputs)
+            response = regression_pb2.RegressionResponse()
+            fill_spec(response.model_spec, spec.name, number, sig_name)
+            for value in values:
+                response.result.regressions.add(value=value)
+            return response
+        return await guarded(context, self.metrics, self.known(request.model_spec.name),
+                             "regress", call)
 
     async def GetModelMetadata(self, request, context):
         async def call():
