@@ -9,10 +9,12 @@ validation split the report shows chooses nothing.
    (``evaluate.search_examples`` rows); its score is the mean squared difference of the
    outputs from the all-float file's.
 2. Greedy: the most sensitive layer not yet tried moves one step up the format's precision
-   ladder (int4 -> int8, int8 -> float) and the task metric is measured on the whole
-   selection split; the step is kept unless the metric got worse. This goes on until the
-   gate holds there, ``evaluate.search_max_layers`` layers are kept, every layer was tried,
-   or ``evaluate.search_seconds`` have passed.
+   ladder (int4 -> int8, int8 -> float) and the mix is measured on the whole selection
+   split; the step is kept unless it got worse there (classes: fewer rows predicted as the
+   all-float file predicts them; else the task metric). This goes on until the gate holds
+   there -- for classes also at most ``max_drop`` of the rows predicted differently from
+   the float file --, ``evaluate.search_max_layers`` layers are kept, every layer was
+   tried, or ``evaluate.search_seconds`` have passed.
 
 Deterministic for a seed: the sample is seeded, the quantizers are deterministic, and ties
 in sensitivity keep the model's layer order.
@@ -34,7 +36,8 @@ class Step:
     metric: float       # on the selection split
     size_bytes: int
     passed: bool
-    accepted: bool = True  # False: it made the metric worse, so it was undone
+    agreement: float = None  # share of selection rows predicted as the all-float file does
+    accepted: bool = True    # False: it made the metric worse, so it was undone
 
 
 @dataclasses.dataclass
@@ -66,7 +69,8 @@ class Outcome:
             "selection_metric": objective.name,
             "curve": [{"kept": len(s.kept), "added": _added(s), "precision":
                        s.kept.get(_added(s)), objective.name: round(s.metric, 6),
-                       "size_bytes": s.size_bytes, "accepted": s.accepted}
+                       "agreement": s.agreement, "size_bytes": s.size_bytes,
+                       "accepted": s.accepted}
                       for s in self.steps],
             "sensitivity": [{"layer": layer, "op": op, "output_mse": float(f"{err:.4g}")}
                             for layer, op, err in self.sensitivity],
@@ -83,6 +87,14 @@ class Outcome:
                 f"stopped: {self.stopped}")
 
 
+def worse(objective, trial, best):
+    """Whether ``trial`` is worse than ``best``: for classes, fewer rows predicted as the
+    float file predicts them (what a search step must win back); else a worse metric."""
+    if trial.agreement is not None:
+        return trial.agreement < best.agreement
+    return objective.better(best.metric, trial.metric)
+
+
 def _added(step):
     """The layer a step added: the last one in its (insertion-ordered) kept dict."""
     return list(step.kept)[-1] if step.kept else None
@@ -97,6 +109,7 @@ class Search:
         self.objective = context.task.objective
         self.folder = os.path.join(job.folder, ".search", fmt.name)
         self.evaluations = 0
+        self._float = None
 
     def run(self, path):
         """Search, then write the chosen mix to ``path``; the Outcome."""
@@ -127,9 +140,9 @@ class Search:
         return [(layer, op, err) for _, _, layer, op, err in sorted(scores)]
 
     def climb(self, sensitivity, start):
-        """Steps up the ladder, most sensitive layer first. A step that makes the selection
-        metric worse is undone (the layer stays at the format's precision), so the kept
-        steps' metric never goes down."""
+        """Steps up the ladder, most sensitive layer first. A step that makes things worse
+        on the selection split (see :func:`worse`) is undone: the layer stays at the
+        format's precision."""
         higher, objective = self.fmt.precisions[1], self.objective
         best = self.step({})
         steps, candidates = [best], [layer for layer, _, _ in sensitivity]
@@ -142,13 +155,18 @@ class Search:
             if time.perf_counter() - start > self.ev.search_seconds:
                 return steps, f"evaluate.search_seconds={self.ev.search_seconds:g} spent"
             trial = self.step(dict(best.kept, **{candidates.pop(0): higher}))
-            trial.accepted = not objective.better(best.metric, trial.metric)
+            trial.accepted = not worse(objective, trial, best)
             steps.append(trial)
             if trial.accepted:
                 best = trial
         return steps, "the gate holds on the selection split"
 
     def step(self, kept):
+        """Write and measure one mix on the selection split. It passes when the gate holds
+        there and, for classes, when at most max_drop of the rows changed their predicted
+        class against the all-float file: that bounds the accuracy drop on *any* mix of
+        rows, so it holds up on a validation split whose rows are harder than the
+        selection split's (SST-2: training phrases vs. dev sentences)."""
         selection = self.context.selection
         out = self.outputs(kept, selection)
         rec = {"artifact": self.fmt.name, "runtime": self.fmt.runtime, "stage": "search",
@@ -156,11 +174,24 @@ class Search:
                "metrics": self.objective.scores(out, selection.labels),
                "finite": bool(np.isfinite(out).all())}
         problem = evaluate.check_gate(rec, self.baseline, self.ev.max_drop, self.ev.relative)
+        agreement = None
+        if self.objective.agreement:
+            agreement = evaluate.parity(out, self.float_outputs(), self.objective)["agreement"]
+            limit = self.ev.max_drop * (abs(self.baseline) if self.ev.relative else 1)
+            problem = problem or (1 - agreement > limit)
         size = os.path.getsize(self.last_path)
         metric = objectives.value(rec)
+        flips = "" if agreement is None else f", agreement {agreement:.4f}"
         progress.say(f"search {self.fmt.name}: {len(kept)} layer(s) kept, selection "
-                     f"{self.objective.name} {metric:.4f}, {size / 1e6:.1f} MB")
-        return Step(kept, metric, size, problem is None)
+                     f"{self.objective.name} {metric:.4f}{flips}, {size / 1e6:.1f} MB")
+        return Step(kept, metric, size, not problem, agreement)
+
+    def float_outputs(self):
+        """The all-float file's outputs on the selection split (once)."""
+        if self._float is None:
+            everything = {layer: "float" for layer, _ in self.fmt.layers(self.job)}
+            self._float = self.outputs(everything, self.context.selection)
+        return self._float
 
     def sample(self):
         task, count = self.context.task, self.ev.search_examples

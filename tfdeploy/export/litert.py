@@ -213,7 +213,8 @@ def quantize(float_tflite, recipe):
     from litert_quantizer import quantizer
 
     q = quantizer.Quantizer(float_tflite, recipe)
-    return bytes(q.quantize(enable_progress_report=False).quantized_model)
+    return bytes(q.quantize(enable_progress_bar=False,
+                                enable_progress_report=False).quantized_model)
 
 
 def op_outputs(data):
