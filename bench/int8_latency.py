@@ -25,7 +25,9 @@ def newest_paths(runs_dir, recipe, artifacts):
                           reverse=True):
         with open(metrics) as f:
             records = json.load(f)["records"]
-        paths = {r["artifact"]: r["path"] for r in records if r.get("path")}
+        run_dir = os.path.dirname(metrics)  # paths in metrics.json are relative to it
+        paths = {r["artifact"]: os.path.join(run_dir, r["path"]) for r in records
+                 if r.get("path")}
         if all(a in paths for a in artifacts):
             return {a: paths[a] for a in artifacts}
     sys.exit(f"error: no finished run of recipes/{recipe}.yaml under {runs_dir} exported "

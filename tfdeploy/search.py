@@ -169,6 +169,7 @@ class Search:
         selection split's (SST-2: training phrases vs. dev sentences)."""
         selection = self.context.selection
         out = self.outputs(kept, selection)
+        size = os.path.getsize(self.last_path)  # before the float file takes its place
         rec = {"artifact": self.fmt.name, "runtime": self.fmt.runtime, "stage": "search",
                "metric": self.objective.name,
                "metrics": self.objective.scores(out, selection.labels),
@@ -179,7 +180,6 @@ class Search:
             agreement = evaluate.parity(out, self.float_outputs(), self.objective)["agreement"]
             limit = self.ev.max_drop * (abs(self.baseline) if self.ev.relative else 1)
             problem = problem or (1 - agreement > limit)
-        size = os.path.getsize(self.last_path)
         metric = objectives.value(rec)
         flips = "" if agreement is None else f", agreement {agreement:.4f}"
         progress.say(f"search {self.fmt.name}: {len(kept)} layer(s) kept, selection "
