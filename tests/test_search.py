@@ -152,7 +152,8 @@ def test_search_keeps_sensitive_layers_at_higher_precision(searched_run):
 
 def test_searched_recipe_is_reusable_and_the_search_deterministic(searched_run):
     tmp, args, _, run_dir, records = searched_run
-    recipe_json = records["tflite_w4"]["search"]["recipe"]
+    recipe_json = str(run_dir / records["tflite_w4"]["search"]["recipe"])
+    assert (run_dir / "report.md").read_text().count("## Accuracy search: tflite_w4") == 1
     assert json.load(open(recipe_json))[-1]["regex"].startswith("^")
     proc = run_cli(*args[:3], "--resume", "--set=export.formats=[tflite_w4,tflite_recipe]",
                    f"--set=export.quantizer_recipe={recipe_json}", *args[4:])

@@ -311,6 +311,8 @@ def write_report(summary, run_dir):
         for key in ("path", "published"):
             if rec.get(key):
                 rec[key] = os.path.relpath(rec[key], run_dir)
+        if rec.get("search"):  # the searched mix's recipe JSON, beside the artifact
+            rec["search"]["recipe"] = os.path.relpath(rec["search"]["recipe"], run_dir)
     atomic_write_json(os.path.join(run_dir, "metrics.json"), summary)
     print(f"report: {report.write(summary, run_dir)} (and report.html)")
 

@@ -32,7 +32,7 @@ def markdown(summary, pngs=()):
     per_stage = [p for p in pngs if os.path.basename(p).startswith(("sparsity_", "train_"))]
     lines = [f"# {summary['recipe']}", ""] + summary_section(summary) + [""]
     lines += stage_section(summary) + [""] + images(per_stage) + [""]
-    lines += artifact_section(summary) + [""]
+    lines += artifact_section(summary) + [""] + search_section(summary)
     lines += images([p for p in pngs if p not in per_stage])
     return "\n".join(lines) + "\n"
 
@@ -112,4 +112,28 @@ def artifact_section(summary):
             row += [f"{lat['median_ms']:.2f} / {lat['p90_ms']:.2f}" if lat else "",
                     fmt(lat and lat.get("ratio"), ".2f")]
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def search_section(summary):
+    """One table per accuracy search (tfdeploy.search): its steps on the selection split."""
+    lines = []
+    for r in summary["records"]:
+        search = r.get("search")
+        if not search:
+            continue
+        metric = search["selection_metric"]
+        lines += [f"## Accuracy search: {r['artifact']} ({r['stage']})", "",
+                  f"Why: {search['trigger']}. Stopped: {search['stopped']}. "
+                  f"{search['evaluations']} evaluations, {search['seconds']:.0f} s. "
+                  f"Kept above {search['precision']}: {len(search['kept'])} layer(s); "
+                  f"recipe: `{search['recipe']}`.", "",
+                  f"| step | layer moved up | to | selection {metric} | agreement | MB | kept |",
+                  "|---|---|---|---|---|---|---|"]
+        for i, step in enumerate(search["curve"]):
+            lines.append(f"| {i} | {step['added'] or '(none)'} | {step['precision'] or ''} | "
+                         f"{step[metric]:.4f} | {fmt(step.get('agreement'), '.4f')} | "
+                         f"{step['size_bytes'] / 1e6:.2f} | "
+                         f"{'yes' if step['accepted'] else 'undone'} |")
+        lines.append("")
     return lines
