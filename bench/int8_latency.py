@@ -34,12 +34,17 @@ def newest_paths(runs_dir, recipe, artifacts):
              f"{', '.join(artifacts)}; run `python -m tfdeploy.run recipes/{recipe}.yaml` first")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(doc):
+    """--runs_dir, --batch_sizes and --seconds, shared by the scripts reading recipe runs."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
     parser.add_argument("--batch_sizes", default="1,8")
     parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = arguments(__doc__)
 
     import tfdeploy  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf

@@ -7,12 +7,11 @@ speaks of: int4 / dynamic int8 latency (target <= 1), ORT static int8 / ORT fp32
 
     python bench/ptq_latency.py [--runs_dir runs] [--batch_sizes 1,8]
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from int8_latency import ROOT, newest_paths  # noqa: E402
+from int8_latency import arguments, newest_paths  # noqa: E402
 
 WANTED = ["tflite_fp32", "tflite_dynamic_int8", "tflite_int4", "onnx_fp32", "onnx_static_int8"]
 PAIRS = [("tflite_int4", "tflite_dynamic_int8"), ("onnx_static_int8", "onnx_fp32"),
@@ -20,11 +19,7 @@ PAIRS = [("tflite_int4", "tflite_dynamic_int8"), ("onnx_static_int8", "onnx_fp32
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
-    parser.add_argument("--batch_sizes", default="1,8")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    args = arguments(__doc__)
 
     import tfdeploy  # noqa: F401  (Keras 2 before TensorFlow)
     from tfdeploy import bench

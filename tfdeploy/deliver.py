@@ -60,6 +60,7 @@ def deliver_one(name, job, context, stage_name, reference, gates, records):
     """Write, evaluate and gate format ``name``, searching for a mixed precision that passes
     when the recipe asks; append its record(s). Returns (artifacts, gate problem or None)."""
     fmt, mode = export.get(name), job.recipe.evaluate.search
+
     def searchable():  # asked only when needed: listing layers converts the model
         return bool(fmt.precisions) and mode != "off" and bool(fmt.layers(job))
 

@@ -76,15 +76,20 @@ class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await guarded(context, self.metrics, self.known(request.model_spec.name),
                              "predict", call)
 
+    async def examples(self, request, method):
+        """(signature name, signature inputs) of a Classify/Regress request's tf.Examples,
+        after refusing the method on a model of the other kind."""
+        spec = request.model_spec
+        examples = examples_of(request.input)
+        api.check_method(self.manager, spec.name, version_of(spec), method)
+        with self.manager.model(spec.name).using(version_of(spec)) as v:
+            sig_name, sig = api.classify_signature(v.servable, spec.signature_name, examples)
+            return sig_name, example_inputs(examples, sig)
+
     async def Classify(self, request, context):
         async def call():
             spec = request.model_spec
-            examples = examples_of(request.input)
-            api.check_method(self.manager, spec.name, version_of(spec), "classify")
-            with self.manager.model(spec.name).using(version_of(spec)) as v:
-                sig_name, sig = api.classify_signature(v.servable, spec.signature_name,
-                                                       examples)
-                inputs = example_inputs(examples, sig)
+            sig_name, inputs = await self.examples(request, "classify")
             results, number = await api.classify(self.manager, spec.name, version_of(spec),
                                                  sig_name, inputs)
             response = classification_pb2.ClassificationResponse()
@@ -100,12 +105,7 @@ class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request, context):
         async def call():
             spec = request.model_spec
-            examples = examples_of(request.input)
-            api.check_method(self.manager, spec.name, version_of(spec), "regress")
-            with self.manager.model(spec.name).using(version_of(spec)) as v:
-                sig_name, sig = api.classify_signature(v.servable, spec.signature_name,
-                                                       examples)
-                inputs = example_inputs(examples, sig)
+            sig_name, inputs = await self.examples(request, "regress")
             values, number = await api.regress(self.manager, spec.name, version_of(spec),
                                                sig_name, inputs)
             response = regression_pb2.RegressionResponse()
