@@ -29,6 +29,18 @@ def tflite_ops(path):
     return [op["op_name"] for op in Interpreter(model_path=path)._get_ops_details()]
 
 
+def float_ops(path):
+    """Ops of the file that read a float tensor (QUANTIZE and the outputs' DEQUANTIZE
+    aside)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return [op["op_name"] for op in interpreter._get_ops_details()
+            if op["op_name"] not in ("QUANTIZE", "ARG_MAX")
+            and any(dtypes.get(i) == np.float32 for i in op["inputs"][:1])]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cv")
@@ -84,7 +96,10 @@ def test_qat_int8_folds_batch_norm_and_keeps_zeros(tiny_run):
     ops = tflite_ops(os.path.join(run_dir, qat["tflite_int8"]["path"]))
     # conv -> BN -> ReLU quantized as one unit: no float batch-norm math between convs
     assert "MUL" not in ops and "ADD" not in ops, ops
-    assert ops.count("DEQUANTIZE") <= 3, ops  # the last ReLU6 + pool, the outputs
+    assert ops.count("DEQUANTIZE") <= 2, ops  # the outputs only
+    # the last ReLU6, the pool and the classifier stay int8 (pass-through layers get an
+    # output quantizer), so no op of the network reads a float tensor
+    assert float_ops(os.path.join(run_dir, qat["tflite_int8"]["path"])) == [], ops
     report = by_stage(records, "qat")["keras"]["stage_report"]
     assert report["scheme"] == "prune_preserve"
 

@@ -181,16 +181,49 @@ def float_outputs(model):
     return out
 
 
+# Layers that only pool, pad, reshape or clamp values: an int8 kernel exists for each, so
+# a quantized region can run through them. Without an output quantizer behind them, the
+# int8 file dequantizes before them (e.g. a float ReLU6 + MEAN before a CNN's classifier).
+PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
+                keras.layers.ZeroPadding2D, keras.layers.GlobalAveragePooling1D,
+                keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D,
+                keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.ReLU)
+
+
+def inbound(layer):
+    for node in layer.inbound_nodes:
+        layers = node.inbound_layers
+        yield from layers if isinstance(layers, list) else [layers]
+
+
 def feeders(model, names):
-    """Layers whose output enters a chosen Dense and that are not chosen themselves."""
+    """Layers whose output enters a chosen layer and that are not chosen themselves; and
+    where such a feeder is reached from another chosen layer through pass-through layers
+    only, those layers too, so the int8 region runs through them. A ReLU there is passed
+    but not annotated: TFMOT's LayerReLUQuantize would give the conv before it a no-op
+    config (float weights, pruned zeros lost); the converter fuses it into that conv."""
     out = set()
     for name in names:
-        for node in model.get_layer(name).inbound_nodes:
-            for inbound in node.inbound_layers if isinstance(node.inbound_layers, list) \
-                    else [node.inbound_layers]:
-                if inbound.name not in names and not isinstance(inbound, keras.layers.InputLayer):
-                    out.add(inbound.name)
+        for layer in inbound(model.get_layer(name)):
+            if layer.name not in names and not isinstance(layer, keras.layers.InputLayer):
+                out.add(layer.name)
+                out.update(l.name for l in bridge(layer, names)
+                           if not isinstance(l, keras.layers.ReLU))
     return out
+
+
+def bridge(layer, names):
+    """The pass-through layers from ``layer`` back to a chosen layer ([] if none)."""
+    path = []
+    while isinstance(layer, PASS_THROUGH):
+        path.append(layer)
+        before = list(inbound(layer))
+        if len(before) != 1:
+            return []
+        layer = before[0]
+        if layer.name in names:
+            return path
+    return []
 
 
 def keras_structure(model, names):
