@@ -172,3 +172,16 @@ def test_searched_recipe_is_reusable_and_the_search_deterministic(searched_run):
         chosen = [step for step in first["curve"] if step["accepted"]][-1]
         assert reused["search"]["curve"][0]["size_bytes"] == chosen["size_bytes"]
         assert reused["search"]["curve"][0]["accuracy"] == chosen["accuracy"]
+
+
+def test_selection_baseline_reads_records_of_older_runs():
+    """A stage reused by --from/--resume may carry a record written before records named
+    their metric: its selection accuracy is still the baseline (was a KeyError)."""
+    from tfdeploy.deliver import selection_baseline
+
+    old = {"artifact": "keras", "metrics": {"accuracy": 0.9},
+           "selection": {"metrics": {"accuracy": 0.93}}}
+    assert selection_baseline([old]) == 0.93
+    new = dict(old, metric="rmse", selection={"metrics": {"rmse": 0.91}})
+    assert selection_baseline([new]) == 0.91
+    assert selection_baseline([]) is None

@@ -120,7 +120,8 @@ def selection_baseline(keras_records):
     gated against (the validation split chooses nothing)."""
     if not keras_records or "selection" not in keras_records[0]:
         return None
-    return keras_records[0]["selection"]["metrics"][keras_records[0]["metric"]]
+    first = keras_records[0]  # a cached stage's record may predate the "metric" key
+    return first["selection"]["metrics"][objectives.of(first).name]
 
 
 class Gates:
