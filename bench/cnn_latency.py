@@ -7,9 +7,11 @@ latency ratios at each batch size, size ratios, and whether XNNPACK's sparse ker
 stored sparse give bit-identical logits only when XNNPACK runs the same dense NHWC kernels
 for both (its sparse NCHW path sums in another order), and the sparse file is then no
 faster. Artifacts come from the newest finished runs of recipes/fashion_mnist.yaml (and
-fashion_mnist_cqat.yaml, when there is one):
+fashion_mnist_cqat.yaml, when there is one). ``--run_name`` reads another run name's
+pruned and QAT artifacts instead (e.g. a run made with ``--set name=fashion_mnist_p75``):
 
-    python bench/cnn_latency.py [--runs_dir runs] [--batch_sizes 1,32] [--seconds 5]
+    python bench/cnn_latency.py [--runs_dir runs] [--run_name fashion_mnist]
+        [--batch_sizes 1,32] [--seconds 5]
 """
 import argparse
 import glob
@@ -50,16 +52,19 @@ def newest_records(runs_dir, recipe):
     return None
 
 
-def pick(runs_dir):
+def pick(runs_dir, run_name="fashion_mnist"):
+    """Records by label; the pruned and QAT ones from ``run_name``'s newest run."""
     found, records = {}, {}
     for label, (recipe, stage, artifact) in {**WANTED, **OPTIONAL}.items():
+        if recipe == "fashion_mnist" and stage != "train":
+            recipe = run_name
         if recipe not in records:
             records[recipe] = newest_records(runs_dir, recipe) or {}
         rec = records[recipe].get((stage, artifact))
         if rec is None and label in WANTED:
-            sys.exit(f"error: no finished run of recipes/{recipe}.yaml under {runs_dir} with "
+            sys.exit(f"error: no finished run named {recipe} under {runs_dir} with "
                      f"{artifact} of stage {stage}; run `python -m tfdeploy.run "
-                     f"recipes/{recipe}.yaml` first")
+                     f"recipes/fashion_mnist.yaml` first")
         if rec is not None:
             found[label] = rec
     return found
@@ -79,9 +84,29 @@ def same_arithmetic(dense_path, sparse_path, rows=256):
     return float(np.abs(a - b).max())
 
 
+def byte_parts(path):
+    """(tensor data, quantization parameters, the rest) in bytes of a TFLite file. Per
+    channel, an int8 file stores a float32 scale and an int64 zero point for the kernel
+    and the same again for its int32 bias: on a narrow CNN that is a real share."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        buf = f.read()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    data = sum(len(b.data) for b in model.buffers if b.data is not None)
+    quant = 0
+    for t in model.subgraphs[0].tensors:
+        q = t.quantization
+        if q is not None and q.scale is not None:
+            quant += 4 * len(q.scale) + 8 * len(q.zeroPoint if q.zeroPoint is not None else [])
+    return data, quant, len(buf) - data - quant
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
+    parser.add_argument("--run_name", default="fashion_mnist",
+                        help="run name whose prune and qat stages are measured")
     parser.add_argument("--batch_sizes", default="1,32")
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
@@ -90,7 +115,7 @@ def main():
     from tfdeploy import bench
     from tfdeploy.export import Artifact
 
-    found = pick(args.runs_dir)
+    found = pick(args.runs_dir, args.run_name)
     for label, rec in found.items():
         print(f"{label:20s} acc {rec['metrics']['accuracy']:.4f}  {rec['size_bytes']:>9,d} B "
               f"(gzip {rec['gzip_bytes']:>9,d})  {rec['path']}")
@@ -113,6 +138,11 @@ def main():
                              ("pruned_fp32_dense", "dense_fp32", "gzip_bytes", "<= 0.45"),
                              ("pruned_fp32_sparse", "dense_fp32", "size_bytes", "")]:
         print(f"  {what} {a} / {b}: {found[a][what] / found[b][what]:.3f}  {goal}")
+    dense = found["dense_fp32"]["size_bytes"]
+    for label in ("ptq_int8", "qat_int8"):
+        data, quant, rest = byte_parts(found[label]["path"])
+        print(f"  {label} / dense_fp32 in parts: tensor data {data / dense:.3f}, scales and "
+              f"zero points {quant / dense:.3f}, the rest {rest / dense:.3f}")
     diff = same_arithmetic(found["pruned_fp32_dense"]["path"],
                            found["pruned_fp32_sparse"]["path"])
     ran = "no: bit-identical to the dense file, same kernels" if diff == 0 else \
