@@ -1,0 +1,93 @@
+"""Int8 conv weights for a quantization-aware model's ONNX graph.
+
+tf2onnx turns a QAT model's activation fake-quant ops into QuantizeLinear/DequantizeLinear
+pairs, but folds each kernel's fake quant into a float32 constant: the file is as big as
+the float one (bigger: the unused fake-quant constants stay), and its convs read float
+weights. Here each Conv whose input comes from a DequantizeLinear reads its kernel as
+int8 per output channel (symmetric, as TFLite's converter quantizes the same kernels) and
+its bias as int32 at input scale x kernel scale, both through DequantizeLinear — the QDQ
+form ONNX Runtime fuses into QLinearConv. A kernel QAT trained is on that int8 grid
+already, so only the kernels QAT left float (depthwise convs before an annotated ReLU)
+and the biases round.
+"""
+import numpy as np
+
+
+def int8_conv_weights(model):
+    """Rewrite ``model`` (an onnx ModelProto) in place; returns how many convs changed."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    nodes, tensors, changed = [], [], 0
+    for node in graph.node:
+        scale = input_scale(node, producers, inits)
+        if scale is not None:
+            added, new_tensors, inputs = quantized_inputs(node, inits, scale, numpy_helper)
+            nodes.extend(added)
+            tensors.extend(new_tensors)
+            del node.input[:]
+            node.input.extend(inputs)
+            changed += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(tensors)
+    drop_unused(graph)
+    return changed
+
+
+def input_scale(node, producers, inits):
+    """The per-tensor scale of a Conv's input DequantizeLinear (through Transposes), or
+    None when the node is not a Conv with a constant kernel reading one."""
+    from onnx import numpy_helper
+
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    source = producers.get(node.input[0])
+    while source is not None and source.op_type == "Transpose":
+        source = producers.get(source.input[0])
+    if source is None or source.op_type != "DequantizeLinear" or \
+            source.input[1] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[source.input[1]])
+    return float(scale) if scale.size == 1 else None
+
+
+def quantized_inputs(node, inits, input_scale, numpy_helper):
+    """(DequantizeLinear nodes, their initializers, the Conv's new inputs)."""
+    from onnx import helper
+
+    kernel = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    channels = len(kernel)
+    peak = np.abs(kernel).reshape(channels, -1).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    shaped = scale.reshape(-1, *[1] * (kernel.ndim - 1))
+    q = np.clip(np.round(kernel / shaped), -127, 127).astype(np.int8)
+    base = node.name or node.output[0]
+    parts = [("kernel", q, scale, np.int8)]
+    if len(node.input) > 2 and node.input[2] in inits:
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        bias_scale = (input_scale * scale).astype(np.float32)
+        parts.append(("bias", np.round(bias / bias_scale).astype(np.int32), bias_scale,
+                      np.int32))
+    added, tensors, inputs = [], [], [node.input[0]]
+    for what, values, part_scale, dtype in parts:
+        names = [f"{base}/int8_{what}", f"{base}/int8_{what}_scale",
+                 f"{base}/int8_{what}_zero"]
+        tensors += [numpy_helper.from_array(values, names[0]),
+                    numpy_helper.from_array(part_scale, names[1]),
+                    numpy_helper.from_array(np.zeros(channels, dtype), names[2])]
+        added.append(helper.make_node("DequantizeLinear", names, [f"{base}/{what}_dq"],
+                                      axis=0))
+        inputs.append(f"{base}/{what}_dq")
+    return added, tensors, inputs
+
+
+def drop_unused(graph):
+    """Keep the initializers some node reads (new ones included, old float ones gone)."""
+    used = {name for node in graph.node for name in node.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
