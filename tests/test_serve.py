@@ -487,3 +487,30 @@ serve: {{port: 0, rest_api_port: 0, artifact: tflite_dynamic_int8, enable_batchi
         assert len(json.loads(r.read())["predictions"]) == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
+
+
+def test_unbatched_request_runs_inline_only_when_alone():
+    """Without batching, the only request in flight runs on the event loop's thread (no
+    hand-offs); with others in flight it goes to the replicas' threads."""
+    import asyncio
+    import threading
+
+    from tfdeploy.serve.batching import Direct
+
+    class Servable:
+        ragged, pad_values = set(), {}
+
+        def run(self, batch):
+            return {"thread": np.full(len(batch["x"]), threading.get_ident())}
+
+    async def ask(alone):
+        direct = Direct(Servable(), 1, idle=lambda: alone)
+        try:
+            parts = await direct.submit([{"x": np.zeros((2, 3))}])
+        finally:
+            direct.close()
+        return int(parts[0]["thread"][0])
+
+    loop_thread = threading.get_ident()
+    assert asyncio.run(ask(True)) == loop_thread
+    assert asyncio.run(ask(False)) != loop_thread

@@ -56,18 +56,30 @@ def split(outputs, counts):
 
 
 class Direct:
-    """No batching: each request runs alone on the replicas' threads."""
+    """No batching: each request runs alone on the replicas' threads. When it is the only
+    request in flight (``idle``), it runs on the event loop's thread instead: no other
+    request is there to be parsed meanwhile, and the two thread hand-offs cost a
+    measurable share of a millisecond-model's latency."""
 
-    def __init__(self, servable, threads):
-        self.servable, self.threads = servable, threads
+    def __init__(self, servable, threads, idle=None):
+        self.servable, self.threads, self.idle = servable, threads, idle
         self.executor = concurrent.futures.ThreadPoolExecutor(threads, "tfdeploy-run")
         self.observe = lambda size: None
+        self.running = 0
 
     async def submit(self, rows):
         batch, counts = combine(rows, self.servable)
         self.observe(sum(counts))
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.executor, self.servable.run, batch)
+        self.running += 1
+        try:
+            if self.running == 1 and self.idle is not None and self.idle():
+                outputs = self.servable.run(batch)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self.executor, self.servable.run,
+                                                     batch)
+        finally:
+            self.running -= 1
         return split(outputs, counts)
 
     def close(self):

@@ -24,6 +24,7 @@ async def guarded(context, metrics, model, what, call):
     import time
 
     started, code = time.perf_counter(), "OK"
+    metrics.in_flight += 1
     try:
         return await call()
     except Exception as e:  # noqa: BLE001
@@ -33,6 +34,7 @@ async def guarded(context, metrics, model, what, call):
                 code, message = mapped, str(e)
         await context.abort(code, message)
     finally:
+        metrics.in_flight -= 1
         metrics.request(model, f"grpc_{what}", code if code == "OK" else code.name,
                         (time.perf_counter() - started) * 1e3)
 

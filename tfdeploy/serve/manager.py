@@ -43,6 +43,7 @@ class ServeOptions:
     batching: object = None     # config.Batching
     devices: tuple = ()
     observe: object = None      # batch size callback (metrics)
+    idle: object = None         # () -> True while one request is in flight (metrics)
 
 
 class Model:
@@ -128,7 +129,7 @@ class Model:
         if opts.enable_batching:
             v.runner = batching.Batcher(servable, opts.batching, threads)
         else:
-            v.runner = batching.Direct(servable, threads)
+            v.runner = batching.Direct(servable, threads, opts.idle)
         if opts.observe:
             v.runner.observe = opts.observe
         v.servable, v.state = servable, AVAILABLE

@@ -33,6 +33,11 @@ class Metrics:
         self.requests = collections.Counter()   # (model, api, status) -> n
         self.latency = collections.defaultdict(lambda: Histogram(LATENCY_BUCKETS_MS))
         self.batches = Histogram(BATCH_BUCKETS)
+        self.in_flight = 0  # requests being answered (REST and gRPC), on the event loop
+
+    def idle(self):
+        """True while at most one request is being answered (the caller's own)."""
+        return self.in_flight <= 1
 
     def request(self, model, api, status, ms):
         with self._lock:
@@ -60,6 +65,8 @@ class Metrics:
             for (model, api), hist in sorted(self.latency.items()):
                 out.extend(hist.lines("tfdeploy_request_latency_ms",
                                       f'model="{model}",api="{api}"'))
+            out.append("# TYPE tfdeploy_requests_in_flight gauge")
+            out.append(f"tfdeploy_requests_in_flight {self.in_flight}")
             out.append("# TYPE tfdeploy_batch_size histogram")
             out.extend(self.batches.lines("tfdeploy_batch_size", 'queue="all"'))
         return "\n".join(out) + "\n"

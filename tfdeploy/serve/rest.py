@@ -48,6 +48,7 @@ def make_app(manager, metrics, max_request_bytes, timeout_seconds=30.0):
     async def models(request):
         started = time.perf_counter()
         model_name, kind, status = "", "unknown", 500
+        metrics.in_flight += 1
         try:
             match = ROUTE.match(request.path)
             if not match:
@@ -67,6 +68,7 @@ def make_app(manager, metrics, max_request_bytes, timeout_seconds=30.0):
             status = 500
             return error(500, f"internal error: {type(e).__name__}")
         finally:
+            metrics.in_flight -= 1
             metrics.request(model_name, kind, status, (time.perf_counter() - started) * 1e3)
 
     app.router.add_get("/monitoring/prometheus/metrics", metrics_page)
@@ -121,7 +123,10 @@ def parse_version(text):
 
 async def read_json(request, timeout_seconds):
     try:  # a client that sends its body slowly does not hold the request forever
-        raw = await asyncio.wait_for(request.read(), timeout_seconds)
+        if request.content.is_eof():  # all of it arrived with the headers: no timer
+            raw = await request.read()  # (wait_for costs a task per request)
+        else:
+            raw = await asyncio.wait_for(request.read(), timeout_seconds)
     except asyncio.TimeoutError:
         raise HttpError(408, f"the request body did not arrive within {timeout_seconds:g} "
                              f"s") from None

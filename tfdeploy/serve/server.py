@@ -78,7 +78,7 @@ async def serve(settings, ready=None):
     metrics = Metrics()
     options = ServeOptions(settings.artifact, settings.replicas, settings.threads,
                            settings.enable_batching, settings.batching, settings.devices,
-                           metrics.batch)
+                           metrics.batch, metrics.idle)
     manager = Manager([Model(n, p, policy, options) for n, p, policy in settings.models],
                       settings.poll_seconds)
     await manager.refresh()
