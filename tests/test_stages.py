@@ -145,3 +145,31 @@ def test_distill_errors(tmp_path, small_bert_dir):
     with pytest.raises(RecipeError, match="alpha: 1 switches off"):
         load_recipe(tiny, ["stages=[{type: distill, student_layers: [0], alpha: 1.0, "
                            "augment: 0.2}]"])
+
+
+def test_refit_trains_again_on_all_rows_for_the_chosen_steps(tmp_path):
+    """refit: the selection split chooses the evaluation, then the stage trains again from
+    its starting weights on training + selection rows for that evaluation's steps."""
+    import json
+
+    context, chain, model = cnn_chain(tmp_path, """
+  - {type: train, epochs: 2, evals: 2, batch_size: 64, learning_rate: 1.0e-3, refit: true}
+""")
+    with open(tmp_path / "history.json") as f:
+        history = json.load(f)
+    held = len(context.selection)
+    assert held > 0 and history["refit"]["rows"] == len(context.train) + held == 1024
+    per_period = -(-history["refit"]["of_steps"] // 2)  # 2 evaluations over all the rows
+    assert history["refit"]["of_steps"] == 32  # 2 epochs of 1024 rows at batch 64
+    assert history["refit"]["steps"] == (history["best_epoch"] + 1) * per_period
+    # the refit's optimizer is a fresh one that ran exactly the refit's steps
+    assert int(model.optimizer.iterations.numpy()) == history["refit"]["steps"]
+    assert context.traits.selection_seen
+    assert len(history["val_accuracy"]) == 2  # the selection fit's periods are kept
+
+
+def test_refit_needs_a_selection_split(tmp_path):
+    with pytest.raises(StageError, match="refit needs a selection split"):
+        cnn_chain(tmp_path, """
+  - {type: train, steps: 2, refit: true, keep_best: false}
+""")

@@ -28,6 +28,8 @@ class Context:
     traits: Traits = Traits()
     data_files: list = dataclasses.field(default_factory=list)  # what the data came from  # what earlier stages did to the model entering this one
     stage_outputs: dict = dataclasses.field(default_factory=dict)  # teachers by stage name
+    encode_train: object = None  # Split -> what train_dataset reads (with augmentation)
+    _all_rows: object = None
 
     @property
     def seed(self):
@@ -45,6 +47,13 @@ class Context:
 
     def train_dataset(self, per_replica, shuffle=True):
         return self.train.train_dataset(self.global_batch(per_replica), self.seed, shuffle)
+
+    def all_training_rows(self):
+        """The training and selection rows together, encoded once on first use: what a
+        refit trains on after the selection split chose its length."""
+        if self._all_rows is None:
+            self._all_rows = self.encode_train(self.task.train_all)
+        return self._all_rows
 
     def selection_dataset(self):
         """(inputs, labels) batches of the selection split, or None without one."""

@@ -40,7 +40,8 @@ def evaluate_keras(model, context, stage):
     if context.selection is not None:
         chosen_on = context.predict(model, context.selection)
         rec["selection"] = {"examples": len(context.selection),
-                            "metrics": objective.scores(chosen_on, context.selection.labels)}
+                            "metrics": objective.scores(chosen_on, context.selection.labels),
+                            "trained_on": context.traits.selection_seen}
     return rec, logits
 
 

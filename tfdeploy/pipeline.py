@@ -68,13 +68,16 @@ def prepare(recipe, opts):
     data_files = source.files()
     plugin = models.create(recipe.model, task.num_labels)
     plugin.adapt(task)
-    train = encode_split(plugin, task.train, recipe.data, source.augmentation())
+    augment = source.augmentation()
+    train = encode_split(plugin, task.train, recipe.data, augment)
     validation = encode_split(plugin, task.validation.take(recipe.evaluate.max_examples),
                               recipe.data)
     selection = encode_split(plugin, task.selection, recipe.data) if task.selection else None
     context = Context(recipe, strategy, info, plugin, task, train, validation, selection,
                       run_dir="",
-                      is_chief=strategies.is_chief(strategy), data_files=data_files)
+                      is_chief=strategies.is_chief(strategy), data_files=data_files,
+                      encode_train=lambda split: encode_split(plugin, split, recipe.data,
+                                                              augment))
     plugin.check_trainable([s.name for s in chosen])
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)

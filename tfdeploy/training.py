@@ -42,6 +42,11 @@ class FitConfig:
                                              "improvement (0 = off).")
     keep_best: bool = field(True, doc="Return the weights of the best accuracy on the "
                                       "selection split (data.selection_split).")
+    refit: bool = field(False, doc="Once the selection split has chosen the best evaluation, "
+                        "train again from the stage's starting weights on the training and "
+                        "selection rows together, for the steps that evaluation had (same "
+                        "schedule): the stage's model then lost no rows to the choice. Costs "
+                        "a second fit.")
 
     def total_steps(self, examples, global_batch):
         if self.steps:
@@ -185,7 +190,71 @@ def step_plan(context, cfg: FitConfig):
 
 
 def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
-    """Train ``model`` per ``cfg``; returns the history dict (also written to history.json)."""
+    """Train ``model`` per ``cfg``; returns the history dict (also written to history.json).
+    With ``refit``, the model is then trained again on all training rows (see ``refit``)."""
+    if cfg.early_stopping and context.selection is None:
+        raise StageError("early_stopping needs a selection split (data.selection_split > 0): "
+                         "the reported validation split never chooses")
+    if cfg.refit and (context.selection is None or not cfg.keep_best):
+        raise StageError("refit needs a selection split (data.selection_split > 0) and "
+                         "keep_best: it repeats the training the selection split chose")
+    start = model.get_weights() if cfg.refit else None
+    chosen = os.path.join(context.backup_path(), "chosen.json")
+    if cfg.refit and os.path.exists(chosen):  # killed during the refit: the choice stands
+        with open(chosen) as f:
+            record = json.load(f)
+        print(f"  the selection split chose evaluation {record['best_epoch'] + 1} before the "
+              f"restart", flush=True)
+    else:
+        record = fit_and_choose(model, context, cfg, callbacks, compile_fn)
+    if cfg.refit:
+        if context.is_chief:
+            from tfdeploy.rundir import atomic_write_json
+
+            os.makedirs(os.path.dirname(chosen), exist_ok=True)
+            atomic_write_json(chosen, record)
+        best = record["best_epoch"]
+        periods = len(record.get("loss", [])) if best is None else best + 1
+        record["refit"] = refit(model, context, cfg, start, max(1, periods), callbacks,
+                                compile_fn)
+        # the stage builds its traits from these: later choices know the rows were seen
+        context.traits = dataclasses.replace(context.traits, selection_seen=True)
+    if context.is_chief:
+        from tfdeploy.rundir import atomic_write_text
+
+        atomic_write_text(context.path("history.json"), json.dumps(record, indent=2))
+    return record
+
+
+def refit(model, context, cfg, start_weights, periods, callbacks, compile_fn):
+    """Train from ``start_weights`` on the training and selection rows together, for the
+    first ``periods`` evaluation periods of the same schedule sized for all those rows (so
+    the model is the chosen checkpoint's counterpart, with no rows held out)."""
+    rows = context.all_training_rows()
+    whole = dataclasses.replace(context, train=rows, selection=None)
+    total, all_periods, per_period = step_plan(whole, cfg)
+    steps = periods * per_period
+    model.set_weights(start_weights)
+    (compile_fn or compile_for_task)(model, make_optimizer(cfg, total), whole)
+    extra = list(callbacks)
+    if not isinstance(context.strategy, tf.distribute.OneDeviceStrategy):
+        extra.append(keras.callbacks.BackupAndRestore(
+            os.path.join(context.backup_path(), "refit")))
+    progress.say(f"  refit on all {len(rows)} training rows: {steps} of {total} steps "
+                 f"(the chosen {periods} of {all_periods} evaluation periods)")
+    shown = progress.keras_callback(f"stage {context.stage_name} refit", steps, per_period,
+                                    per_step=context.per_step_callbacks)
+    try:
+        model.fit(whole.train_dataset(cfg.batch_size), epochs=periods,
+                  steps_per_epoch=per_period, callbacks=extra + [shown], verbose=0)
+    finally:
+        shown.tail.stop()
+    return {"rows": len(rows), "steps": steps, "of_steps": total}
+
+
+def fit_and_choose(model, context, cfg, callbacks, compile_fn):
+    """The fit itself, evaluated on the selection split each period; the best weights
+    stay in ``model`` (keep_best)."""
     global_batch = context.global_batch(cfg.batch_size)
     total, periods, per_period = step_plan(context, cfg)
     optimizer = make_optimizer(cfg, periods * per_period)
@@ -193,9 +262,6 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
     objective = context.task.objective
     extra = list(callbacks)
     selection = context.selection  # the split; fit gets its batches below
-    if selection is None and cfg.early_stopping:
-        raise StageError("early_stopping needs a selection split (data.selection_split > 0): "
-                         "the reported validation split never chooses")
     # Backups make a killed stage resume at its last evaluation, not from scratch.
     backup, found = None, None
     if not isinstance(context.strategy, tf.distribute.OneDeviceStrategy):  # unsupported there
@@ -235,8 +301,4 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
         k: [float(v) for v in vals] for k, vals in history.history.items()}
     record.update(steps=periods * per_period, global_batch=global_batch,
                   best_epoch=None if keep is None else keep.best_epoch)
-    if context.is_chief:
-        from tfdeploy.rundir import atomic_write_text
-
-        atomic_write_text(context.path("history.json"), json.dumps(record, indent=2))
     return record

@@ -16,6 +16,8 @@ class Traits:
     clusters: int = 0              # shared values per clustered weight matrix; 0 = none
     quantization_aware: str = ""   # the QAT scheme; "" = a float model
     distilled: bool = False
+    selection_seen: bool = False   # a refit trained on the selection rows: they no longer
+                                   # measure the model without bias
 
     @property
     def sparse(self):

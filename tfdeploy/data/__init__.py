@@ -43,6 +43,7 @@ class Task:
     label_names: List[str]
     selection: Optional[Split] = None  # carved from train; checkpoints are chosen on it
     objective: Objective = CLASSIFICATION  # loss, metric and which way is better
+    train_all: Optional[Split] = None  # train and selection together (a refit trains on it)
 
     @property
     def num_labels(self):
@@ -93,7 +94,7 @@ class DataPlugin:
         if cfg.max_train_examples and cfg.max_train_examples < len(train):
             order = np.random.default_rng(self.seed).permutation(len(train))
             train = train.subset(order[:cfg.max_train_examples])
-        selection = None
+        selection, train_all = None, train
         if cfg.selection_split:
             # a seed stream apart from max_train_examples' sample
             order = np.random.default_rng([self.seed, 1]).permutation(len(train))
@@ -101,7 +102,7 @@ class DataPlugin:
             train, selection = train.subset(np.sort(order[cut:])), \
                 train.subset(np.sort(order[:cut]))
         return Task(train, task.validation.take(cfg.max_validation_examples), task.label_names,
-                    selection, task.objective)
+                    selection, task.objective, train_all)
 
 
 def create(config, seed=0):

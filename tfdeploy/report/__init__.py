@@ -76,9 +76,10 @@ def stage_section(summary):
     for rec in keras:
         t = rec.get("traits") or {}
         chosen = (rec.get("selection") or {}).get("metrics", {}).get(metric)
+        seen = " (trained on: refit)" if (rec.get("selection") or {}).get("trained_on") else ""
         pattern = f" ({t['sparsity_pattern']})" if t.get("sparsity_pattern") else ""
         lines.append(f"| {rec['stage']} | {objectives.value(rec):.4f} | "
-                     f"{fmt(chosen, '.4f')} | "
+                     f"{fmt(chosen, '.4f')}{seen} | "
                      f"{fmt(t.get('sparsity') or None, '.1%')}{pattern if t.get('sparsity') else ''}"
                      f" | {t.get('clusters') or ''} | {t.get('quantization_aware') or ''} | "
                      f"{'yes' if t.get('distilled') else ''} |")
