@@ -182,3 +182,35 @@ def test_qat_distils_from_an_earlier_stage(tmp_path, small_bert_dir):
     with pytest.raises(StageError, match=r"teacher 'nope' is neither an earlier stage "
                                          r"\(finetune, prune\)"):
         load_teacher("nope", "entering", Context, "qat")
+
+
+def test_calibrated_ranges_follow_activations_beyond_six():
+    """TFMOT starts activation ranges at [-6, 6]: a layer whose outputs reach +-40 is
+    clipped until the EMA catches up. ``calibrate`` sets each range from the float model's
+    activations, so the fake-quantized model is close to the float one before any step
+    (the weights here lie inside [-6, 6]: their ranges are set by the first step)."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from tfdeploy.stages import qat_ranges
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((16,), name="x")
+    wide = keras.layers.Dense(32, name="wide", kernel_initializer=keras.initializers.
+                              RandomNormal(stddev=1.0, seed=1))(inputs)  # inside [-6, 6]
+    out = keras.layers.Dense(1, name="out")(wide)
+    model = keras.Model(inputs, out)
+    batches = [rng.normal(scale=10.0, size=(64, 16)).astype(np.float32) for _ in range(4)]
+    reference = model(batches[0]).numpy()
+    assert np.abs(model.get_layer("wide")(batches[0]).numpy()).max() > 20
+
+    def error(calibrate):
+        quantized = tfmot.quantization.keras.quantize_model(model)  # keeps the weights
+        chosen = qat_ranges.calibrate(quantized, model, batches) if calibrate else {}
+        return np.abs(quantized(batches[0], training=False).numpy() - reference).mean(), chosen
+
+    clipped, _ = error(False)
+    calibrated, chosen = error(True)
+    assert chosen["wide"][1] > 20 and chosen["wide"][0] < -20  # the ranges were widened
+    assert chosen["x"][0] < -6 and chosen["x"][1] > 6  # the QuantizeLayer on the input
+    assert calibrated < clipped / 5, (calibrated, clipped)

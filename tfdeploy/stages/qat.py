@@ -256,6 +256,17 @@ def tflite_structure(model, context):
         return out
 
 
+def calibrate_ranges(quantized, float_model, context, batch_size, batches=16):
+    """Activation ranges from the float model on ``batches`` training batches."""
+    from tfdeploy.stages import qat_ranges
+
+    data = context.train.train_dataset(batch_size, context.seed).take(batches)
+    chosen = qat_ranges.calibrate(quantized, float_model, (x for x, _ in data))
+    print(f"  calibrated {len(chosen)} activation ranges on {batches} training batches",
+          flush=True)
+    return chosen
+
+
 @STAGES.register("qat")
 class QAT(Stage):
     tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
@@ -281,6 +292,11 @@ class QAT(Stage):
                                              "model entering the stage), an earlier stage's "
                                              "name (e.g. finetune: the dense model before "
                                              "pruning) or a saved stage directory.")
+        ranges: Literal["ema", "calibrated"] = field(
+            "ema", doc="Activation ranges at the start: ema = TFMOT's [-6, 6], moved 0.1% "
+                       "per step toward each batch's; calibrated = measured first on training "
+                       "batches with the float model (for activations far outside [-6, 6], "
+                       "e.g. a ranker's cross network).")
         layer_types: List[Literal["dense", "conv", "embedding"]] = field(
             factory=lambda: ["dense", "conv", "embedding"],
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
@@ -346,6 +362,9 @@ class QAT(Stage):
             annotated = keras.models.clone_model(model, clone_function=annotate)
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
         report = {"scheme": scheme_name, "layers": len(names), "folded_batch_norms": folded}
+        if cfg.ranges == "calibrated":
+            report["calibrated_ranges"] = calibrate_ranges(quantized, model, context,
+                                                           cfg.batch_size)
         if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
             from tfdeploy.distillation import fit_distilled, kl_first_last
             from tfdeploy.stages.teacher import load_teacher
