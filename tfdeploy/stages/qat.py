@@ -363,8 +363,10 @@ class QAT(Stage):
             quantized = tfmot.quantization.keras.quantize_apply(annotated, scheme)
         report = {"scheme": scheme_name, "layers": len(names), "folded_batch_norms": folded}
         if cfg.ranges == "calibrated":
-            report["calibrated_ranges"] = calibrate_ranges(quantized, model, context,
-                                                           cfg.batch_size)
+            with context.strategy.scope(), \
+                    keras.utils.custom_object_scope(context.plugin.custom_objects()):
+                report["calibrated_ranges"] = calibrate_ranges(quantized, model, context,
+                                                               cfg.batch_size)
         if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
             from tfdeploy.distillation import fit_distilled, kl_first_last
             from tfdeploy.stages.teacher import load_teacher

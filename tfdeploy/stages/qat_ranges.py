@@ -43,12 +43,17 @@ def variables_by_name(layer):
 
 def calibrate(quantized, float_model, batches):
     """Set the activation ranges of ``quantized`` from ``float_model`` run on ``batches``
-    (inputs only, inference mode). Returns {layer name: (min, max)} as set."""
+    (inputs only, inference mode). Returns {layer name: (min, max)} as set. Custom layers
+    need their custom-object scope (the model is cloned)."""
     targets = range_targets(quantized, float_model)
     if not targets:
         return {}
-    layers = list({id(t[0]): t[0] for t in targets}.values())
-    probe = keras.Model(float_model.inputs, [layer.output for layer in layers])
+    names = list(dict.fromkeys(t[0].name for t in targets))
+    # a copy, so each layer has one output: the float model's layers may also be called
+    # in other graphs (a rebuilt model reuses them), and ``layer.output`` is their first
+    copy = keras.models.clone_model(float_model)
+    copy.set_weights(float_model.get_weights())
+    probe = keras.Model(copy.inputs, [copy.get_layer(name).output for name in names])
     lows, highs = [], []
     for inputs in batches:
         outs = probe(inputs, training=False)
@@ -56,10 +61,9 @@ def calibrate(quantized, float_model, batches):
         lows.append([float(np.min(o)) for o in outs])
         highs.append([float(np.max(o)) for o in outs])
     low, high = np.mean(lows, axis=0), np.mean(highs, axis=0)
-    index = {id(layer): i for i, layer in enumerate(layers)}
     chosen = {}
     for layer, min_var, max_var in targets:
-        i = index[id(layer)]
+        i = names.index(layer.name)
         lo, hi = min(float(low[i]), 0.0), max(float(high[i]), 0.0)
         min_var.assign(np.full(min_var.shape, lo, np.float32))
         max_var.assign(np.full(max_var.shape, hi, np.float32))
