@@ -328,3 +328,25 @@ def test_ranker_on_other_data_is_refused(tmp_path, sst2_dir):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "model ranker: the data has no feature user_id, item_id" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_int8_tables_after_qat_are_refused_before_any_work(tmp_path):
+    """A QAT model's tables are int8 in its own conversion: asking for int8 embeddings
+    after a qat stage is a recipe error, found before training (not at export time)."""
+    recipe = tmp_path / "qat_tables.yaml"
+    recipe.write_text(f"""base: {TINY}
+name: qat_tables
+stages:
+  - {{type: train, epochs: 1, batch_size: 256, warmup: 0}}
+  - {{type: qat, layer_types: [dense], ranges: calibrated, epochs: 1, batch_size: 256,
+     warmup: 0}}
+""")
+    out = tmp_path / "runs"
+    for extra in ([], ["--dry_run"]):
+        proc = run_cli(str(recipe), f"--output_dir={out}", *extra)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "export.formats: tflite_int8_embeddings cannot be made after stage" in \
+            proc.stderr and "quantization-aware" in proc.stderr
+        assert "onnx_int8_embeddings cannot be made" in proc.stderr
+        assert "Traceback" not in proc.stderr and ": running" not in proc.stdout
+    assert not out.exists() or not any(out.rglob("*.json"))

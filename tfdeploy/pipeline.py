@@ -109,10 +109,24 @@ def preflight(context, stage_list):
             print(f"  {layer:40s} cannot wrap: {why}")
         context.traits = stage.planned_traits(context.traits)
     stages.check_wrappable(stage_list, model, context)
+    export.check_formats(context.recipe.export.formats,
+                         planned_exports(context.recipe, stage_list))
     for name in context.recipe.export.formats:
         for line in export.get(name).dry_run(model, context.recipe):
             print(line if line.startswith(" ") else f"export {line}")
     return model
+
+
+def planned_exports(recipe, stage_list):
+    """[(stage name, planned traits)] of the stages whose models are exported: the last
+    one, and with ``benchmark.stages: all`` every one."""
+    traits, planned = Traits(), []
+    for cfg, stage in stage_list:
+        traits = stage.planned_traits(traits)
+        planned.append((cfg.name, traits))
+    if not planned:
+        return [("input", traits)]
+    return planned if recipe.benchmark.stages == "all" else planned[-1:]
 
 
 def choose_run_dir(recipe, opts):
@@ -149,6 +163,7 @@ def run(recipe, opts):
     with context.strategy.scope():
         model = context.plugin.build()
     stages.check_wrappable(stage_list, model, context)  # before anything is written
+    export.check_formats(recipe.export.formats, planned_exports(recipe, stage_list))
     run_dir, _ = choose_run_dir(recipe, opts)
     if not context.is_chief:  # workers train in step with the chief but keep nothing
         run_dir = tempfile.mkdtemp(prefix="tfdeploy-worker-")

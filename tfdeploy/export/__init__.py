@@ -48,6 +48,11 @@ class Format:
         under the tfdeploy ``recipe``, or () when it quantizes nothing."""
         return ()
 
+    def refuses(self, traits):
+        """Why this format cannot be made from a model with these
+        :class:`~tfdeploy.traits.Traits` (checked before any work), or None."""
+        return None
+
     def weight_sparsity(self, path):
         """Share of zeros in the matmul/conv weights stored in the file, or None (not
         measured for this format)."""
@@ -68,6 +73,18 @@ def weight_layers(model):
         if kind:
             out.append((layer.name, type(layer).__name__, kind))
     return out
+
+
+def check_formats(formats, exported_traits):
+    """Refuse, before any work, formats that cannot be made from a stage's planned output:
+    ``exported_traits`` is [(stage name, planned traits)] of the stages that export."""
+    from tfdeploy.errors import RecipeError
+
+    refused = [("export.formats", f"{name} cannot be made after stage {stage}: {why}", None)
+               for stage, traits in exported_traits for name in formats
+               for why in [get(name).refuses(traits)] if why]
+    if refused:
+        raise RecipeError(refused)
 
 
 def register(cls):

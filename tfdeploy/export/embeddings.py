@@ -42,11 +42,18 @@ def quantize_rows(table):
     return np.clip(np.round(table / scales[:, None]), -127, 127).astype(np.int8), scales
 
 
+def refusal(traits):
+    if traits.quantization_aware:
+        return ("a quantization-aware model's tables are already int8 in its own "
+                "conversion (tflite_int8); export that instead")
+    return None
+
+
 def with_int8_tables(model, traits):
     """A copy of ``model`` whose Embedding layers read int8 rows; the other weights copied."""
-    if traits.quantization_aware:
-        raise StageError("int8 embeddings: a quantization-aware model's tables are already "
-                         "int8 in its own conversion (tflite_int8); export that instead")
+    why = refusal(traits)
+    if why:
+        raise StageError(f"int8 embeddings: {why}")
     tables = {layer.name for layer in model.layers
               if isinstance(layer, keras.layers.Embedding)}
     if not tables:
@@ -67,6 +74,9 @@ def with_int8_tables(model, traits):
 
 class Int8EmbeddingFormat(Format):
     """Shared: the int8-table copy of the job's model, made once."""
+
+    def refuses(self, traits):
+        return refusal(traits)
 
     def int8_model(self, job):
         return job.once("int8_embeddings", lambda: with_int8_tables(job.model, job.traits))
