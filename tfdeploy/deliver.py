@@ -46,7 +46,12 @@ def deliver(recipe, context, model, traits, stage_name, records, folder=None):
     job = ExportJob(recipe, context, model, traits, folder)
     gates = Gates(recipe, traits, baseline, selection_baseline(keras_records))
     artifacts, problems = [], []
-    for name in recipe.export.formats:
+    skipped = export.not_made(recipe.export.formats, traits)
+    for name, why in skipped.items():  # check_formats let it through for other stages
+        print(f"export {name}: not made after stage {stage_name}: {why}", flush=True)
+    if skipped and keras_records:
+        keras_records[-1]["not_made"] = skipped  # the stage's own record: the report says why
+    for name in [n for n in recipe.export.formats if n not in skipped]:
         made, problem = deliver_one(name, job, context, stage_name, reference, gates, records)
         artifacts += made
         if problem:

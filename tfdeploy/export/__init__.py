@@ -76,15 +76,24 @@ def weight_layers(model):
 
 
 def check_formats(formats, exported_traits):
-    """Refuse, before any work, formats that cannot be made from a stage's planned output:
-    ``exported_traits`` is [(stage name, planned traits)] of the stages that export."""
+    """Refuse, before any work, formats that no exporting stage can make:
+    ``exported_traits`` is [(stage name, planned traits)] of the stages that export. A
+    format that only some of them can make is skipped at the others (see ``not_made``)."""
     from tfdeploy.errors import RecipeError
 
-    refused = [("export.formats", f"{name} cannot be made after stage {stage}: {why}", None)
-               for stage, traits in exported_traits for name in formats
-               for why in [get(name).refuses(traits)] if why]
+    refused = []
+    for name in formats:
+        why = {stage: get(name).refuses(traits) for stage, traits in exported_traits}
+        if all(why.values()):
+            refused += [("export.formats", f"{name} cannot be made after stage {stage}: "
+                         f"{reason}", None) for stage, reason in why.items()]
     if refused:
         raise RecipeError(refused)
+
+
+def not_made(formats, traits):
+    """{format: why} of ``formats`` that cannot be made from a model with ``traits``."""
+    return {name: why for name in formats for why in [get(name).refuses(traits)] if why}
 
 
 def register(cls):

@@ -36,9 +36,23 @@ class Fp32(TFLiteFormat):
         return job.tflite_fp32()  # written once: the quantizer formats start from it
 
 
+def quantization_aware_refusal(traits):
+    """The converter turns a QAT model's fake-quant ops into int8 kernels whatever the
+    variant asks: its fp16 and dynamic-range files are the int8 file again (measured:
+    byte-identical for dynamic range), under a name that promises float math."""
+    if traits.quantization_aware:
+        return ("a quantization-aware model converts to int8 with its learned ranges "
+                "whatever this variant asks (the file would be tflite_int8's); export "
+                "tflite_int8")
+    return None
+
+
 @register
 class Fp16(TFLiteFormat):
     name, order = "tflite_fp16", 11
+
+    def refuses(self, traits):
+        return quantization_aware_refusal(traits)
 
     def dry_run(self, model, recipe):
         return (f"{self.name} (TFLite converter): every weight float16, computed in float32",)
@@ -47,6 +61,9 @@ class Fp16(TFLiteFormat):
 @register
 class DynamicInt8(TFLiteFormat):
     name, order = "tflite_dynamic_int8", 12
+
+    def refuses(self, traits):
+        return quantization_aware_refusal(traits)
 
     def dry_run(self, model, recipe):
         return (f"{self.name} (TFLite converter): FULLY_CONNECTED, CONV_2D and GATHER table "

@@ -113,7 +113,14 @@ def artifact_section(summary):
             row += [f"{lat['median_ms']:.2f} / {lat['p90_ms']:.2f}" if lat else "",
                     fmt(lat and lat.get("ratio"), ".2f")]
         lines.append("| " + " | ".join(row) + " |")
-    return lines
+    return lines + not_made_lines(keras)
+
+
+def not_made_lines(keras_records):
+    """Formats the recipe lists that a stage's model cannot make, and why."""
+    lines = [f"- `{name}` after stage {r['stage']}: {why}"
+             for r in keras_records for name, why in (r.get("not_made") or {}).items()]
+    return ["", "Not made:", ""] + lines if lines else []
 
 
 def search_section(summary):
