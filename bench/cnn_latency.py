@@ -87,18 +87,21 @@ def same_arithmetic(dense_path, sparse_path, rows=256):
 def byte_parts(path):
     """(tensor data, quantization parameters, the rest) in bytes of a TFLite file. Per
     channel, an int8 file stores a float32 scale and an int64 zero point for the kernel
-    and the same again for its int32 bias: on a narrow CNN that is a real share."""
+    and the same again for its int32 bias: on a narrow CNN that is a real share. The export
+    stores each distinct zero-point vector once, so each is counted once."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     with open(path, "rb") as f:
         buf = f.read()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
     data = sum(len(b.data) for b in model.buffers if b.data is not None)
-    quant = 0
+    scales, zero_points = 0, set()
     for t in model.subgraphs[0].tensors:
         q = t.quantization
         if q is not None and q.scale is not None:
-            quant += 4 * len(q.scale) + 8 * len(q.zeroPoint if q.zeroPoint is not None else [])
+            scales += 4 * len(q.scale)
+            zero_points.add(tuple(q.zeroPoint if q.zeroPoint is not None else ()))
+    quant = scales + sum(8 * len(z) for z in zero_points)
     return data, quant, len(buf) - data - quant
 
 
