@@ -113,6 +113,25 @@ def test_qat_int8_folds_batch_norm_and_keeps_zeros(tiny_run):
     assert report["scheme"] == "prune_preserve"
 
 
+def test_qat_onnx_runs_every_conv_int8_in_onnx_runtime(tiny_run, tmp_path):
+    """With calibrated ranges the ReLU6 outputs' quantizers start at 0, so ORT drops each
+    Clip before a QuantizeLinear and fuses every conv into QLinearConv (TFMOT's [-6, 6]
+    start left them float, with a Transpose around each)."""
+    import onnxruntime as ort
+
+    run_dir, records = tiny_run
+    path = os.path.join(run_dir, by_stage(records, "qat")["onnx_static_int8"]["path"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 7, ops  # the stem, 3 depthwise and 3 pointwise
+    assert not {"Conv", "FusedConv", "Clip"} & set(ops), ops
+
+
 def test_int8_files_store_each_zero_point_vector_once(tiny_run):
     """Per-channel int8 needs an int64 zero point per scale; the export writes each
     distinct vector once. Packed plainly the file is larger, and reads the same."""
