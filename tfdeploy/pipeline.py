@@ -376,6 +376,10 @@ def run_stage(stage, cfg, model, context, digest):
     if context.is_chief:
         with progress.heartbeat(f"stage {cfg.name}: saving"):
             checkpoint.save(result.model, stage_dir)
+    # Every worker's fit, and so the chief's last backup write, ends before any worker
+    # removes the shared backup (CI saw a worker that finished first delete the folder
+    # under the chief's SaveV2).
+    strategies.barrier(context.strategy)
     shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
     if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
         remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)

@@ -8,7 +8,9 @@ transformers' matmuls and embeddings. The float file already carries the model p
 fusions, so fusion happens before quantization. A quantization-aware model's ONNX graph
 already holds QuantizeLinear/DequantizeLinear pairs with the ranges QAT learned (tf2onnx
 converts its fake-quant ops), so it is the static int8 file once its conv kernels are
-stored int8 (``qdq_weights``: tf2onnx leaves them float); quantizing it again stalled ONNX
+stored int8 and the re-quantizations after each padding and between a conv and its ReLU
+dropped (``qdq_weights``: tf2onnx leaves the kernels float, and each pair kept ORT from
+fusing); quantizing it again stalled ONNX
 Runtime's quantizer (a 20-minute hang on a 0.1 MB CNN).
 """
 import contextlib
@@ -31,10 +33,12 @@ class OnnxStaticInt8(Format):
         if job.traits.quantization_aware:
             import onnx
 
-            from tfdeploy.export.qdq_weights import int8_conv_weights
+            from tfdeploy.export import qdq_weights
 
             graph = onnx.load(job.onnx_fp32())
-            int8_conv_weights(graph)
+            qdq_weights.drop_pad_requantize(graph)  # first: convs then read the input's scale
+            qdq_weights.drop_requantize_before_activation(graph)
+            qdq_weights.int8_conv_weights(graph)
             atomic_write_bytes(path, graph.SerializeToString())
             return path
         return self.write_mixed(job, path, {})

@@ -38,15 +38,94 @@ def int8_conv_weights(model):
     return changed
 
 
+def drop_pad_requantize(model):
+    """Rewire each Conv that reads ``DequantizeLinear -> Pad -> QuantizeLinear ->
+    DequantizeLinear`` to read the Pad directly; returns how many pads changed.
+
+    TFMOT gives a ZeroPadding2D between two quantized layers its own output quantizer. ORT
+    folds a Pad into the conv after it only when nothing sits between them (PadFusion), so
+    with the pair in between the Pad and the pair ran as three float nodes per block. The
+    pad adds zeros, which the input's quantization holds exactly; the conv then reads that
+    quantization instead of a re-quantized copy (the pad's range is the input's plus 0).
+    A Pad before a Transpose (the stem, NHWC to NCHW) is left as it is."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    dropped, changed = set(), 0
+    for pad in graph.node:
+        if pad.op_type != "Pad" or getattr(producers.get(pad.input[0]), "op_type", "") != \
+                "DequantizeLinear":
+            continue
+        (quantize, *more) = consumers.get(pad.output[0], [None])
+        if more or quantize is None or quantize.op_type != "QuantizeLinear":
+            continue
+        (dequantize, *more) = consumers.get(quantize.output[0], [None])
+        if more or dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        readers = consumers.get(dequantize.output[0], [])
+        if not readers or any(r.op_type != "Conv" for r in readers):
+            continue
+        for reader in readers:
+            reader.input[0] = pad.output[0]
+        dropped |= {id(quantize), id(dequantize)}
+        changed += 1
+    kept = [node for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return changed
+
+
+def drop_requantize_before_activation(model):
+    """Rewire each ReLU/Clip that reads ``Conv -> QuantizeLinear -> DequantizeLinear`` to
+    read the Conv; returns how many changed.
+
+    A 1x1 conv's ReLU6 is left unannotated in QAT (see the qat stage), so TFMOT quantizes
+    the conv's output and again the ReLU6's. ORT fuses a conv into QLinearConv up to the
+    next QuantizeLinear and drops a Clip that quantizer cannot leave; with the conv's own
+    pair in between it ran a second requantization per block. Quantized once, after the
+    activation, is also how the TFLite converter writes conv + ReLU6."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    dropped = set()
+    for activation in graph.node:
+        if activation.op_type not in ("Relu", "Clip"):
+            continue
+        dequantize = producers.get(activation.input[0])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or \
+                len(consumers.get(dequantize.output[0], [])) != 1:
+            continue
+        quantize = producers.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or \
+                len(consumers.get(quantize.output[0], [])) != 1:
+            continue
+        conv = producers.get(quantize.input[0])
+        if conv is None or conv.op_type != "Conv" or \
+                len(consumers.get(conv.output[0], [])) != 1:
+            continue
+        activation.input[0] = conv.output[0]
+        dropped |= {id(quantize), id(dequantize)}
+    kept = [node for node in graph.node if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(dropped) // 2
+
+
 def input_scale(node, producers, inits):
-    """The per-tensor scale of a Conv's input DequantizeLinear (through Transposes), or
-    None when the node is not a Conv with a constant kernel reading one."""
+    """The per-tensor scale of a Conv's input DequantizeLinear (through Transposes and
+    Pads), or None when the node is not a Conv with a constant kernel reading one."""
     from onnx import numpy_helper
 
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
         return None
     source = producers.get(node.input[0])
-    while source is not None and source.op_type == "Transpose":
+    while source is not None and source.op_type in ("Transpose", "Pad"):
         source = producers.get(source.input[0])
     if source is None or source.op_type != "DequantizeLinear" or \
             source.input[1] not in inits:
