@@ -138,6 +138,16 @@ def const_value(graph, name):
     return None
 
 
+def links(graph):
+    """({tensor: node that makes it}, {tensor: [nodes that read it]}) of an ONNX graph."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
 def fuse_gelu(proto):
     """Replace TF's exact GELU, ``0.5 * x * erfc(-x / sqrt(2))`` as converted
     (Neg, Mul, Erf, Sub, Mul, Mul), with ORT's ``com.microsoft.Gelu`` (the same exact erf
@@ -146,11 +156,7 @@ def fuse_gelu(proto):
     from onnx import helper
 
     graph = proto.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
+    producer, consumers = links(graph)
 
     def is_const(name, value):
         got = const_value(graph, name)

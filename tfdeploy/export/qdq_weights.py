@@ -48,12 +48,10 @@ def drop_pad_requantize(model):
     pad adds zeros, which the input's quantization holds exactly; the conv then reads that
     quantization instead of a re-quantized copy (the pad's range is the input's plus 0).
     A Pad before a Transpose (the stem, NHWC to NCHW) is left as it is."""
+    from tfdeploy.export.onnx import links
+
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = links(graph)
     dropped, changed = set(), 0
     for pad in graph.node:
         if pad.op_type != "Pad" or getattr(producers.get(pad.input[0]), "op_type", "") != \
@@ -72,9 +70,7 @@ def drop_pad_requantize(model):
             reader.input[0] = pad.output[0]
         dropped |= {id(quantize), id(dequantize)}
         changed += 1
-    kept = [node for node in graph.node if id(node) not in dropped]
-    del graph.node[:]
-    graph.node.extend(kept)
+    remove_nodes(graph, dropped)
     return changed
 
 
@@ -87,12 +83,10 @@ def drop_requantize_before_activation(model):
     next QuantizeLinear and drops a Clip that quantizer cannot leave; with the conv's own
     pair in between it ran a second requantization per block. Quantized once, after the
     activation, is also how the TFLite converter writes conv + ReLU6."""
+    from tfdeploy.export.onnx import links
+
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = links(graph)
     dropped = set()
     for activation in graph.node:
         if activation.op_type not in ("Relu", "Clip"):
@@ -111,10 +105,15 @@ def drop_requantize_before_activation(model):
             continue
         activation.input[0] = conv.output[0]
         dropped |= {id(quantize), id(dequantize)}
+    remove_nodes(graph, dropped)
+    return len(dropped) // 2
+
+
+def remove_nodes(graph, dropped):
+    """Remove the nodes whose ``id`` is in ``dropped``, keeping the others' order."""
     kept = [node for node in graph.node if id(node) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
-    return len(dropped) // 2
 
 
 def input_scale(node, producers, inits):
