@@ -185,3 +185,40 @@ def test_selection_baseline_reads_records_of_older_runs():
     new = dict(old, metric="rmse", selection={"metrics": {"rmse": 0.91}})
     assert selection_baseline([new]) == 0.91
     assert selection_baseline([]) is None
+
+
+def test_static_int8_transformer_runs_int8_matmuls_and_qattention(searched_run):
+    """onnx_static_int8 of the tiny MiniLM: every weight matmul and attention runs in an
+    int8 kernel of ORT's optimized graph, LayerNorm reads float (its residual stream is
+    not quantized), and the file agrees with onnx_fp32 on the dev rows."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    tmp, args, _, _, _ = searched_run
+    proc = run_cli(*args[:3], "--resume", "--set=export.formats=[onnx_fp32,onnx_static_int8]",
+                   "--set=evaluate.max_drop=0.02")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = sorted((tmp / "runs" / "tiny").iterdir())[-1]
+    records = {r["artifact"]: r for r in
+               json.loads((run_dir / "metrics.json").read_text())["records"]}
+    static, fp32 = records["onnx_static_int8"], records["onnx_fp32"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp / "optimized.onnx")
+    ort.InferenceSession(str(run_dir / static["path"]), options,
+                         providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp / "optimized.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    float_ops = collections.Counter(
+        n.op_type for n in onnx.load(str(run_dir / fp32["path"])).graph.node)
+    assert ops["QAttention"] == float_ops["Attention"] == 2 and ops["Attention"] == 0
+    weights = {t.name for t in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                and any(i in weights for i in n.input)]  # no float weight matmul left
+    assert ops["QGemm"] + ops["MatMulIntegerToFloat"] + ops["QLinearMatMul"] >= 4
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert all(producers.get(n.input[0]) != "DequantizeLinear"
+               for n in graph.node if n.op_type == "LayerNormalization")
+    assert static["size_bytes"] < 0.4 * fp32["size_bytes"]
+    assert abs(static["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.02
