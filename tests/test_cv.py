@@ -160,7 +160,7 @@ def test_int8_files_store_each_zero_point_vector_once(tiny_run):
         assert np.array_equal(np.asarray(outs[0]), np.asarray(outs[1])), (stage, name)
 
 
-def test_qat_onnx_reads_int8_conv_weights(tiny_run):
+def test_qat_onnx_reads_int8_kernels(tiny_run):
     """The QAT model's ONNX QDQ graph: every Conv reads int8 kernels through
     DequantizeLinear (tf2onnx leaves them float)."""
     import onnx

@@ -293,3 +293,77 @@ def test_stage_subset_converts_by_what_ran(small_run, tmp_path):
     fc_inputs = {dtypes[op["inputs"][0]] for op in interp._get_ops_details()
                  if op["op_name"] == "FULLY_CONNECTED"}
     assert np.int8 in fc_inputs
+
+
+def qat_like_graph():
+    """A QAT-style ONNX graph as tf2onnx writes one: a quantized input feeding a MatMul
+    with a float kernel on an int8 grid, a bias, a ReLU and the output's quantizer, and an
+    embedding Gather of a float table (a 1-wide bias table beside it)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    kernel = (rng.integers(-127, 128, (16, 8)) * 0.01).astype(np.float32)
+    inits = [numpy_helper.from_array(kernel, "kernel"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.float32(0.05), "x_scale"),
+             numpy_helper.from_array(np.uint8(128), "x_zero"),
+             numpy_helper.from_array(np.float32(0.2), "y_scale"),
+             numpy_helper.from_array(np.uint8(0), "y_zero"),
+             numpy_helper.from_array(rng.normal(size=(50, 8)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(size=(50, 1)).astype(np.float32) * 0.01,
+                                     "bias_table")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+             helper.make_node("MatMul", ["xd", "kernel"], ["mm"], name="dense"),
+             helper.make_node("Add", ["mm", "bias"], ["biased"]),
+             helper.make_node("Relu", ["biased"], ["relu"]),
+             helper.make_node("QuantizeLinear", ["relu", "y_scale", "y_zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"]),
+             helper.make_node("Gather", ["table", "ids"], ["rows"], name="embedding"),
+             helper.make_node("Gather", ["bias_table", "ids"], ["row_bias"], name="id_bias")]
+    graph = helper.make_graph(
+        nodes, "qat_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, width])
+         for n, width in (("y", 8), ("rows", 8), ("row_bias", 1))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_qat_onnx_matmul_kernels_and_tables_become_int8(tmp_path):
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from tfdeploy.export import qdq_weights
+
+    model = qat_like_graph()
+    feed = {"x": np.random.default_rng(1).uniform(-5, 5, (4, 16)).astype(np.float32),
+            "ids": np.array([0, 7, 49, 7])}
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    assert qdq_weights.int8_kernels(model) == 1
+    assert qdq_weights.int8_tables(model) == 1  # the 1-wide bias table stays float
+    onnx.checker.check_model(model)
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert "kernel" not in arrays and "table" not in arrays  # the float copies are gone
+    assert sorted(a.shape for a in arrays.values() if a.dtype == np.int8 and a.size > 1) \
+        == [(16, 8), (50, 8)]
+    assert arrays["bias_table"].dtype == np.float32
+    path = tmp_path / "int8.onnx"
+    path.write_bytes(model.SerializeToString())
+    after = ort.InferenceSession(str(path)).run(None, feed)
+    # the kernel was on the int8 grid: at most one output step apart (int32 accumulation
+    # rounds at the step's edges), most outputs the same
+    assert np.abs(after[0] - before[0]).max() <= 0.2 + 1e-5
+    assert np.mean(np.isclose(after[0], before[0], atol=1e-5)) >= 0.75
+    table = numpy_helper.to_array(qat_like_graph().graph.initializer[6])
+    assert np.abs(after[1] - before[1]).max() <= np.abs(table).max() / 127 / 2 + 1e-6
+    np.testing.assert_array_equal(after[2], before[2])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"))
+                              .graph.node)
+    assert ops["MatMul"] == 0 and ops["Gemm"] == 0  # ORT runs the matmul in int8

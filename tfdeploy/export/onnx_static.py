@@ -49,7 +49,8 @@ class OnnxStaticInt8(Format):
             graph = onnx.load(job.onnx_fp32())
             qdq_weights.drop_pad_requantize(graph)  # first: convs then read the input's scale
             qdq_weights.drop_requantize_before_activation(graph)
-            qdq_weights.int8_conv_weights(graph)
+            qdq_weights.int8_kernels(graph)
+            qdq_weights.int8_tables(graph)
             atomic_write_bytes(path, graph.SerializeToString())
             return path
         return self.write_mixed(job, path, {})

@@ -1,20 +1,24 @@
-"""Int8 conv weights for a quantization-aware model's ONNX graph.
+"""Int8 weights for a quantization-aware model's ONNX graph.
 
 tf2onnx turns a QAT model's activation fake-quant ops into QuantizeLinear/DequantizeLinear
 pairs, but folds each kernel's fake quant into a float32 constant: the file is as big as
-the float one (bigger: the unused fake-quant constants stay), and its convs read float
-weights. Here each Conv whose input comes from a DequantizeLinear reads its kernel as
-int8 per output channel (symmetric, as TFLite's converter quantizes the same kernels) and
-its bias as int32 at input scale x kernel scale, both through DequantizeLinear — the QDQ
-form ONNX Runtime fuses into QLinearConv. A kernel QAT trained is on that int8 grid
+the float one (bigger: the unused fake-quant constants stay), and its convs and matmuls
+read float weights. Here each Conv whose input comes from a DequantizeLinear reads its
+kernel as int8 per output channel (symmetric, as TFLite's converter quantizes the same
+kernels) and its bias as int32 at input scale x kernel scale, and each such MatMul its
+kernel as int8 per tensor (TFMOT's Dense kernel quantizer: symmetric, narrow range, one
+scale), all through DequantizeLinear — the QDQ form ONNX Runtime fuses into QLinearConv
+and QLinearMatMul / MatMulIntegerToFloat. A kernel QAT trained is on that int8 grid
 already, so only the kernels QAT left float (depthwise convs before an annotated ReLU)
-and the biases round.
+and the biases round. Embedding tables, which QAT leaves float, are stored int8 too
+(:func:`int8_tables`).
 """
 import numpy as np
 
 
-def int8_conv_weights(model):
-    """Rewrite ``model`` (an onnx ModelProto) in place; returns how many convs changed."""
+def int8_kernels(model):
+    """Rewrite ``model`` (an onnx ModelProto) in place; returns how many convs and
+    matmuls changed."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -117,11 +121,13 @@ def remove_nodes(graph, dropped):
 
 
 def input_scale(node, producers, inits):
-    """The per-tensor scale of a Conv's input DequantizeLinear (through Transposes and
-    Pads), or None when the node is not a Conv with a constant kernel reading one."""
+    """The per-tensor scale of a Conv's or MatMul's input DequantizeLinear (through
+    Transposes and Pads), or None when the node is not one with a constant kernel reading
+    one."""
     from onnx import numpy_helper
 
-    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+    if node.op_type not in ("Conv", "MatMul") or len(node.input) < 2 or \
+            node.input[1] not in inits:
         return None
     source = producers.get(node.input[0])
     while source is not None and source.op_type in ("Transpose", "Pad"):
@@ -134,18 +140,19 @@ def input_scale(node, producers, inits):
 
 
 def quantized_inputs(node, inits, input_scale, numpy_helper):
-    """(DequantizeLinear nodes, their initializers, the Conv's new inputs)."""
+    """(DequantizeLinear nodes, their initializers, the node's new inputs): a Conv's
+    kernel per output channel (its first axis) and bias, a MatMul's kernel per tensor."""
     from onnx import helper
 
     kernel = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    channels = len(kernel)
+    channels = len(kernel) if node.op_type == "Conv" else 1
     peak = np.abs(kernel).reshape(channels, -1).max(axis=1)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    shaped = scale.reshape(-1, *[1] * (kernel.ndim - 1))
+    shaped = scale.reshape(-1, *[1] * (kernel.ndim - 1)) if channels > 1 else scale[0]
     q = np.clip(np.round(kernel / shaped), -127, 127).astype(np.int8)
     base = node.name or node.output[0]
     parts = [("kernel", q, scale, np.int8)]
-    if len(node.input) > 2 and node.input[2] in inits:
+    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in inits:
         bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
         bias_scale = (input_scale * scale).astype(np.float32)
         parts.append(("bias", np.round(bias / bias_scale).astype(np.int32), bias_scale,
@@ -154,13 +161,55 @@ def quantized_inputs(node, inits, input_scale, numpy_helper):
     for what, values, part_scale, dtype in parts:
         names = [f"{base}/int8_{what}", f"{base}/int8_{what}_scale",
                  f"{base}/int8_{what}_zero"]
+        per_tensor = channels == 1  # a scalar scale: DequantizeLinear per tensor
         tensors += [numpy_helper.from_array(values, names[0]),
-                    numpy_helper.from_array(part_scale, names[1]),
-                    numpy_helper.from_array(np.zeros(channels, dtype), names[2])]
+                    numpy_helper.from_array(part_scale[0] if per_tensor else part_scale,
+                                            names[1]),
+                    numpy_helper.from_array(np.zeros((), dtype) if per_tensor else
+                                            np.zeros(channels, dtype), names[2])]
         added.append(helper.make_node("DequantizeLinear", names, [f"{base}/{what}_dq"],
-                                      axis=0))
+                                      **({} if per_tensor else {"axis": 0})))
         inputs.append(f"{base}/{what}_dq")
     return added, tensors, inputs
+
+
+def int8_tables(model, min_width=2):
+    """Store each constant 2-D float table a Gather reads on axis 0 (an embedding) as
+    int8 with one symmetric scale, the gathered rows dequantized after the lookup (ORT's
+    dynamic int8 stores tables the same way). Tables narrower than ``min_width`` (per-id
+    biases) stay float: one scale shared by every id would round small biases away.
+    Returns how many tables changed."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes, tensors, stored = [], [], {}  # table -> its int8 inputs (shared tables once)
+    for node in graph.node:
+        nodes.append(node)
+        table = node.input[0] if node.op_type == "Gather" else None
+        if table not in inits or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        values = numpy_helper.to_array(inits[table])
+        if values.dtype != np.float32 or values.ndim != 2 or values.shape[1] < min_width:
+            continue
+        if table not in stored:
+            peak = float(np.abs(values).max())
+            scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
+            stored[table] = [f"{table}/int8", f"{table}/int8_scale", f"{table}/int8_zero"]
+            tensors += [numpy_helper.from_array(np.clip(np.round(values / scale), -127, 127)
+                                                .astype(np.int8), stored[table][0]),
+                        numpy_helper.from_array(np.asarray(scale, np.float32),
+                                                stored[table][1]),
+                        numpy_helper.from_array(np.zeros((), np.int8), stored[table][2])]
+        names, base, rows = stored[table], node.name or node.output[0], node.output[0]
+        node.input[0], node.output[0] = names[0], f"{base}/int8_rows"
+        nodes.append(helper.make_node("DequantizeLinear", [node.output[0], *names[1:]],
+                                      [rows]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(tensors)
+    drop_unused(graph)
+    return len(stored)
 
 
 def drop_unused(graph):
