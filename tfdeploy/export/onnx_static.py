@@ -61,15 +61,14 @@ class OnnxStaticInt8(Format):
         from tfdeploy.export.onnx import weight_nodes
 
         return job.once(("onnx_layers", self.name), lambda: weight_nodes(
-            prepared(job), scheme_for(prepared(job)).weight_ops))
+            prepared(job), job_scheme(job).weight_ops))
 
     def write_mixed(self, job, path, kept):
-        source = prepared(job)
-        return quantize_static(source, path, job.representative(), scheme_for(source),
+        return quantize_static(prepared(job), path, job.representative(), job_scheme(job),
                                sorted(kept))
 
     def mixed_recipe(self, job, kept):
-        scheme = scheme_for(prepared(job))
+        scheme = job_scheme(job)
         return {"engine": "onnxruntime.quantization.quantize_static (QDQ, per channel)",
                 "op_types_to_quantize": list(scheme.static_ops or ["all"]),
                 "float_outputs": list(scheme.float_outputs),
@@ -106,6 +105,12 @@ def scheme_for(path):
 
     graph = onnx.load(path, load_external_data=False).graph
     return TRANSFORMER if any(n.op_type == "LayerNormalization" for n in graph.node) else CNN
+
+
+def job_scheme(job):
+    """The scheme of the job's prepared graph, read once per job (a search writes the
+    file many times; the graph is the size of the float model)."""
+    return job.once("onnx_static_scheme", lambda: scheme_for(prepared(job)))
 
 
 def prepared(job):

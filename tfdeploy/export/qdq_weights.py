@@ -8,7 +8,7 @@ kernel as int8 per output channel (symmetric, as TFLite's converter quantizes th
 kernels) and its bias as int32 at input scale x kernel scale, and each such MatMul its
 kernel as int8 per tensor (TFMOT's Dense kernel quantizer: symmetric, narrow range, one
 scale), all through DequantizeLinear — the QDQ form ONNX Runtime fuses into QLinearConv
-and QLinearMatMul / MatMulIntegerToFloat. A kernel QAT trained is on that int8 grid
+and QGemm / QLinearMatMul / MatMulIntegerToFloat. A kernel QAT trained is on that int8 grid
 already, so only the kernels QAT left float (depthwise convs before an annotated ReLU)
 and the biases round. Embedding tables, which QAT leaves float, are stored int8 too
 (:func:`int8_tables`).
@@ -146,10 +146,7 @@ def quantized_inputs(node, inits, input_scale, numpy_helper):
 
     kernel = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
     channels = len(kernel) if node.op_type == "Conv" else 1
-    peak = np.abs(kernel).reshape(channels, -1).max(axis=1)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    shaped = scale.reshape(-1, *[1] * (kernel.ndim - 1)) if channels > 1 else scale[0]
-    q = np.clip(np.round(kernel / shaped), -127, 127).astype(np.int8)
+    q, scale = symmetric_int8(kernel, channels)
     base = node.name or node.output[0]
     parts = [("kernel", q, scale, np.int8)]
     if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in inits:
@@ -173,6 +170,15 @@ def quantized_inputs(node, inits, input_scale, numpy_helper):
     return added, tensors, inputs
 
 
+def symmetric_int8(values, channels):
+    """(int8 values, float32 scales): symmetric, narrow range [-127, 127], one scale per
+    slice of the first axis when ``channels`` > 1, else one for the whole tensor."""
+    peak = np.abs(values).reshape(channels, -1).max(axis=1)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    shaped = scale.reshape(-1, *[1] * (values.ndim - 1)) if channels > 1 else scale[0]
+    return np.clip(np.round(values / shaped), -127, 127).astype(np.int8), scale
+
+
 def int8_tables(model, min_width=2):
     """Store each constant 2-D float table a Gather reads on axis 0 (an embedding) as
     int8 with one symmetric scale, the gathered rows dequantized after the lookup (ORT's
@@ -193,13 +199,10 @@ def int8_tables(model, min_width=2):
         if values.dtype != np.float32 or values.ndim != 2 or values.shape[1] < min_width:
             continue
         if table not in stored:
-            peak = float(np.abs(values).max())
-            scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
+            q, scale = symmetric_int8(values, 1)
             stored[table] = [f"{table}/int8", f"{table}/int8_scale", f"{table}/int8_zero"]
-            tensors += [numpy_helper.from_array(np.clip(np.round(values / scale), -127, 127)
-                                                .astype(np.int8), stored[table][0]),
-                        numpy_helper.from_array(np.asarray(scale, np.float32),
-                                                stored[table][1]),
+            tensors += [numpy_helper.from_array(q, stored[table][0]),
+                        numpy_helper.from_array(scale[0], stored[table][1]),
                         numpy_helper.from_array(np.zeros((), np.int8), stored[table][2])]
         names, base, rows = stored[table], node.name or node.output[0], node.output[0]
         node.input[0], node.output[0] = names[0], f"{base}/int8_rows"
