@@ -514,3 +514,47 @@ def test_unbatched_request_runs_inline_only_when_alone():
     loop_thread = threading.get_ident()
     assert asyncio.run(ask(True)) == loop_thread
     assert asyncio.run(ask(False)) != loop_thread
+
+
+def test_batch_threads_take_the_next_batch_without_the_event_loop():
+    """A batch thread that finishes takes the next waiting batch itself: with the event
+    loop blocked, queued full batches still run back to back; each request gets its own
+    rows (token ids padded with the model's pad value); close() runs what is queued."""
+    import asyncio
+    import threading
+
+    from tfdeploy.serve.batching import Batcher
+    from tfdeploy.serve.config import Batching
+
+    class Servable:
+        ragged, pad_values, buckets = {"ids"}, {"ids": 7}, ()
+
+        def __init__(self):
+            self.started, self.lock = [], threading.Lock()
+
+        def run(self, batch):
+            with self.lock:
+                self.started.append(time.monotonic())
+            time.sleep(0.02)
+            return {"echo": batch["ids"].copy()}
+
+    servable = Servable()
+    params = Batching(max_batch_size=2, batch_timeout_micros=10_000_000,
+                      max_enqueued_batches=10, num_batch_threads=1)
+
+    async def main():
+        batcher = Batcher(servable, params, 1)
+        rows = [{"ids": np.full((1, n), n, np.int32)} for n in (1, 2, 3, 4, 5, 6, 1)]
+        tasks = [asyncio.create_task(batcher.submit([r])) for r in rows]
+        await asyncio.sleep(0)  # every request queued: three full batches, one open
+        time.sleep(0.3)  # the loop is blocked: only the batch thread can start batches
+        blocked_until = time.monotonic()
+        done, pending = await asyncio.wait(tasks, timeout=0.2)
+        assert len(done) == 6 and len(pending) == 1  # the open batch waits for its timeout
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        return blocked_until, [t.result()[0]["echo"] for t in tasks]
+
+    blocked_until, echoes = asyncio.run(main())
+    assert len(servable.started) == 4 and all(t < blocked_until for t in servable.started[:3])
+    assert [e.tolist() for e in echoes[:2]] == [[[1, 7]], [[2, 2]]]
+    assert [e.tolist() for e in echoes[4:]] == [[[5, 5, 5, 5, 5, 7]], [[6] * 6], [[1]]]

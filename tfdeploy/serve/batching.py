@@ -1,8 +1,8 @@
-"""Dynamic batching with TF Serving's parameters, on the server's event loop.
+"""Dynamic batching with TF Serving's parameters.
 
 Requests queue until ``max_batch_size`` rows are waiting or the oldest has waited
-``batch_timeout_micros``; each batch runs on a thread of its own (``num_batch_threads``,
-one per replica by default), padded up to the next of ``allowed_batch_sizes``. Inputs of
+``batch_timeout_micros``; batch threads (``num_batch_threads``, one per replica by
+default) take the batches and run them, each padded up to the next of ``allowed_batch_sizes``. Inputs of
 different lengths (token ids) are padded to the longest in the batch with the model's pad
 value; for text models requests wait in one queue per length bucket (the recipe's
 ``data.buckets``), so a batch holds sentences of similar length and pads little. More than
@@ -11,7 +11,10 @@ never queued without bound.
 """
 import asyncio
 import bisect
+import collections
 import concurrent.futures
+import threading
+import time
 
 import numpy as np
 
@@ -30,20 +33,33 @@ def combine(rows, servable, batch_to=0):
     """One batch from a list of input dicts (each [n, ...]). An input whose length the
     signature leaves open (token ids) is padded to the longest in the batch with the
     model's pad value; the batch dim is padded to ``batch_to`` by repeating the last row.
+    Written into one preallocated array per input (``np.pad`` per row cost more than the
+    model's share of a small batch, on the thread that parses requests).
     Returns (batch, row counts)."""
     counts = [len(next(iter(r.values()))) for r in rows]
+    total = sum(counts)
+    size = max(total, batch_to)
+    if len(rows) == 1 and size == total:
+        return rows[0], counts
     batch = {}
     for name in rows[0]:
         arrays = [r[name] for r in rows]
-        if name in servable.ragged and len(arrays) > 1:
-            longest = max(a.shape[1] for a in arrays)
-            arrays = [np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
-                             constant_values=servable.pad_values[name]) for a in arrays]
-        batch[name] = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    total = sum(counts)
-    if batch_to > total:
-        batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_to - total, axis=0)])
-                 for k, v in batch.items()}
+        first = arrays[0]
+        ragged = name in servable.ragged
+        if ragged:
+            shape = (size, max(a.shape[1] for a in arrays)) + first.shape[2:]
+            out = np.full(shape, servable.pad_values[name], first.dtype)
+        else:
+            out = np.empty((size,) + first.shape[1:], first.dtype)
+        start = 0
+        for a in arrays:
+            if ragged:
+                out[start:start + len(a), :a.shape[1]] = a
+            else:
+                out[start:start + len(a)] = a
+            start += len(a)
+        out[total:] = out[total - 1]
+        batch[name] = out
     return batch, counts
 
 
@@ -99,18 +115,28 @@ class Queue:
     """Requests waiting for one batch (of one length bucket)."""
 
     def __init__(self):
-        self.pending, self.rows, self.timer, self.due, self.since = [], 0, None, False, 0.0
+        self.pending, self.rows, self.since = [], 0, 0.0
 
 
-class Batcher(Direct):
-    """A batch stays open until it is full, or its timeout has passed *and* a batch
-    thread is free: while every thread is busy it keeps filling (a batch closed early
-    would wait for a thread all the same, with fewer rows)."""
+class Batcher:
+    """Batch threads pull batches: a free thread takes a full batch, else the oldest one
+    whose timeout has passed, else waits for one. A batch stays open while every thread
+    is busy (one closed early would wait for a thread all the same, with fewer rows), and
+    a thread that finishes takes the next batch itself: handing it over through the event
+    loop left the model idle for most of a millisecond per batch, behind the answers of
+    the batch just ended. Queues are shared with the loop under one lock; answers go back
+    to the loop with ``call_soon_threadsafe``."""
 
     def __init__(self, servable, params, threads):
-        super().__init__(servable, threads)
-        self.params, self.running, self.queues, self.full = params, 0, {}, []
+        self.servable, self.params = servable, params
+        self.observe = lambda size: None
+        self.queues, self.full, self.closing = {}, collections.deque(), False
+        self.cond = threading.Condition()
         self.buckets = sorted(servable.buckets) if servable.ragged else []
+        self.threads = [threading.Thread(target=self._work, name=f"tfdeploy-batch-{i}",
+                                         daemon=True) for i in range(threads)]
+        for thread in self.threads:
+            thread.start()
 
     def bucket(self, rows):
         if not self.buckets:
@@ -129,70 +155,84 @@ class Batcher(Direct):
             raise RequestError(f"Task size {n} is larger than maximum input batch size "
                                f"{p.max_batch_size}")
         loop = asyncio.get_running_loop()
-        queue = self.queues.setdefault(self.bucket(rows), Queue())
-        fits = queue.pending and queue.rows + n <= p.max_batch_size
-        if not fits and self.waiting_batches() >= p.max_enqueued_batches:
-            raise Unavailable("The batch scheduling queue to which this task was submitted "
-                              "is full")
-        if queue.rows + n > p.max_batch_size:
-            self._close(queue)
         future = loop.create_future()
-        if not queue.pending:
-            queue.since = loop.time()
-        queue.pending.append((rows, future))
-        queue.rows += n
-        if queue.rows >= p.max_batch_size:
-            self._close(queue)
-        elif queue.timer is None:
-            queue.timer = loop.call_later(p.batch_timeout_micros / 1e6, self._due, queue)
-        self._schedule()
+        with self.cond:
+            if self.closing:
+                raise Unavailable("This model version is being unloaded")
+            queue = self.queues.setdefault(self.bucket(rows), Queue())
+            fits = queue.pending and queue.rows + n <= p.max_batch_size
+            if not fits and self.waiting_batches() >= p.max_enqueued_batches:
+                raise Unavailable("The batch scheduling queue to which this task was "
+                                  "submitted is full")
+            if queue.rows + n > p.max_batch_size:
+                self._close(queue)
+            if not queue.pending:
+                queue.since = time.monotonic()
+            queue.pending.append((rows, future, loop))
+            queue.rows += n
+            if queue.rows >= p.max_batch_size:
+                self._close(queue)
+            self.cond.notify()
         return await future
 
     def _close(self, queue):
         """A full batch: it waits for a thread as it is."""
-        if queue.timer is not None:
-            queue.timer.cancel()
         self.full.append(queue.pending)
-        queue.pending, queue.rows, queue.timer, queue.due = [], 0, None, False
+        queue.pending, queue.rows = [], 0
 
-    def _due(self, queue):
-        queue.timer, queue.due = None, True
-        self._schedule()
+    def _take(self):
+        """The next batch for a free thread (None when closed and drained): full ones
+        first, then timed-out ones, the oldest first (no length bucket starves)."""
+        timeout = self.params.batch_timeout_micros / 1e6
+        with self.cond:
+            while True:
+                if self.full:
+                    return self.full.popleft()
+                now = time.monotonic()
+                waiting = [q for q in self.queues.values() if q.pending]
+                due = [q for q in waiting if self.closing or now - q.since >= timeout]
+                if due:
+                    queue = min(due, key=lambda q: q.since)
+                    taken, queue.pending, queue.rows = queue.pending, [], 0
+                    return taken
+                if self.closing:
+                    return None
+                self.cond.wait(min((q.since + timeout - now for q in waiting),
+                                   default=None))
 
-    def _schedule(self):
-        """Start batches while threads are free: full ones first, then timed-out ones
-        (the oldest first: no length bucket starves)."""
-        while self.running < self.threads:
-            if self.full:
-                taken = self.full.pop(0)
+    def _work(self):
+        while (taken := self._take()) is not None:
+            try:
+                rows = [r for request, _, _ in taken for r in request]
+                total = rows_of(rows)
+                size = next((s for s in self.params.allowed_batch_sizes if s >= total),
+                            total)
+                batch, counts = combine(rows, self.servable, size)
+                self.observe(size)
+                answer = split(self.servable.run(batch), counts)
+            except Exception as e:  # noqa: BLE001 — every waiting request gets the failure
+                answer = e
+            try:
+                taken[0][2].call_soon_threadsafe(deliver, taken, answer)
+            except RuntimeError:  # the loop has closed: nobody waits for these answers
+                pass
+
+    def close(self):
+        """Runs what is queued, then stops the threads."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+
+def deliver(taken, answer):
+    """On the loop: each request its rows of the batch's outputs, or the failure."""
+    start = 0
+    for request, future, _ in taken:
+        if not future.done():
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
             else:
-                due = [q for q in self.queues.values() if q.due and q.pending]
-                if not due:
-                    return
-                queue = min(due, key=lambda q: q.since)
-                taken = queue.pending
-                queue.pending, queue.rows, queue.due = [], 0, False
-            self.running += 1
-            asyncio.get_running_loop().create_task(self._run(taken))
-
-    async def _run(self, taken):
-        try:
-            rows = [r for request, _ in taken for r in request]
-            total = rows_of(rows)
-            size = next((s for s in self.params.allowed_batch_sizes if s >= total), total)
-            batch, counts = combine(rows, self.servable, size)
-            self.observe(size)
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self.servable.run, batch)
-            parts, start = split(outputs, counts), 0
-            for request, future in taken:
-                if not future.done():
-                    future.set_result(parts[start:start + len(request)])
-                start += len(request)
-        except Exception as e:  # noqa: BLE001 — every waiting request gets the failure
-            for _, future in taken:
-                if not future.done():
-                    future.set_exception(e)
-        finally:
-            self.running -= 1
-            self._schedule()
+                future.set_result(answer[start:start + len(request)])
+        start += len(request)
