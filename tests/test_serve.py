@@ -3,6 +3,7 @@ tiny recipe published (SavedModel, TFLite and ONNX artifacts inside): every endp
 same answer from every runtime, a hot version swap under traffic with no failed request,
 a broken version that never replaces a working one, batching, capacity limits, malformed
 requests, SIGTERM, and the TF Serving config files the export writes."""
+import base64
 import concurrent.futures
 import json
 import os
@@ -372,6 +373,12 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server):
     status, body = server.call("/v1/models/srv:predict", {"signature_name": "serving_text",
                                                          "instances": SENTENCES[:1]})
     assert status == 200 and len(body["predictions"]) == 1
+    encoded = base64.b64encode(SENTENCES[0].encode()).decode()  # the same, as binary
+    for key in ("b64", "\\u0062\\u0036\\u0034"):  # also with the key's letters escaped
+        raw = ('{"signature_name": "serving_text", "instances": [{"%s": "%s"}]}'
+               % (key, encoded)).encode()
+        status, same = server.call("/v1/models/srv:predict", raw=raw, method="POST")
+        assert status == 200 and same["predictions"] == body["predictions"], (key, same)
     assert server.proc.poll() is None
 
 
