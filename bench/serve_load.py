@@ -35,9 +35,10 @@ def sentences():
         return [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
 
 
-def start(base, artifact, batching, params, threads):
+def start(base, artifact, batching, params, threads, replicas=1):
     flags = [f"--model_base_path={base}", "--model_name=m", f"--artifact={artifact}",
-             "--port=0", "--rest_api_port=0", f"--threads={threads}"]
+             "--port=0", "--rest_api_port=0", f"--threads={threads}",
+             f"--replicas={replicas}"]
     if batching:
         flags += ["--enable_batching", f"--batching_parameters_file={params}"]
     proc = subprocess.Popen([sys.executable, "-m", "tfdeploy.serve", *flags], cwd=ROOT,
@@ -179,7 +180,10 @@ def main():
     parser.add_argument("--artifacts", default="tflite_int8")
     parser.add_argument("--requests", type=int, default=10000)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="per replica")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="interpreters answering at once (batching: one batch thread "
+                             "each)")
     parser.add_argument("--max_batch_size", type=int, default=32)
     parser.add_argument("--batch_timeout_micros", type=int, default=3000)
     args = parser.parse_args()
@@ -189,11 +193,16 @@ def main():
     with open(params, "w") as f:
         f.write(f"max_batch_size {{ value: {args.max_batch_size} }}\n"
                 f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
-                f"max_enqueued_batches {{ value: 1000 }}\nnum_batch_threads {{ value: 1 }}\n")
+                f"max_enqueued_batches {{ value: 1000 }}\n"
+                f"num_batch_threads {{ value: {args.replicas} }}\n")
+    print(f"server: {args.replicas} replica(s) x {args.threads} thread(s); batching: "
+          f"max_batch_size {args.max_batch_size}, batch_timeout_micros "
+          f"{args.batch_timeout_micros}, {args.replicas} batch thread(s)", flush=True)
     failed, results = 0, {}
     for artifact in args.artifacts.split(","):
         for batching in (False, True):
-            proc, port = start(args.model_base_path, artifact, batching, params, args.threads)
+            proc, port = start(args.model_base_path, artifact, batching, params, args.threads,
+                               args.replicas)
             try:
                 r = asyncio.run(load(port, texts, args.requests, args.clients))
                 one = one_client(port, texts, min(args.requests, 500))
