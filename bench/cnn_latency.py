@@ -134,7 +134,7 @@ def main():
         for a, b, goal in RATIOS:
             if a in results and b in results:
                 ratio = results[a][key]["median_ms"] / results[b][key]["median_ms"]
-                print(f"  {a} / {b}: {ratio:.2f}  {goal}")
+                print(f"  {a} / {b}: {ratio:.3f}  {goal}")
     print("\nsizes")
     for a, b, what, goal in [("ptq_int8", "dense_fp32", "size_bytes", "<= 0.27"),
                              ("qat_int8", "dense_fp32", "size_bytes", "<= 0.27"),
