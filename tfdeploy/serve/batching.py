@@ -164,15 +164,17 @@ class Batcher:
             if not fits and self.waiting_batches() >= p.max_enqueued_batches:
                 raise Unavailable("The batch scheduling queue to which this task was "
                                   "submitted is full")
-            if queue.rows + n > p.max_batch_size:
+            wake = queue.rows + n > p.max_batch_size  # a full batch, or a new due time
+            if wake:
                 self._close(queue)
             if not queue.pending:
-                queue.since = time.monotonic()
+                queue.since, wake = time.monotonic(), True
             queue.pending.append((rows, future, loop))
             queue.rows += n
             if queue.rows >= p.max_batch_size:
                 self._close(queue)
-            self.cond.notify()
+            if wake or not queue.pending:  # (a request into an open batch changes neither)
+                self.cond.notify()
         return await future
 
     def _close(self, queue):
