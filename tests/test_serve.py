@@ -565,3 +565,26 @@ def test_batch_threads_take_the_next_batch_without_the_event_loop():
     assert len(servable.started) == 4 and all(t < blocked_until for t in servable.started[:3])
     assert [e.tolist() for e in echoes[:2]] == [[[1, 7]], [[2, 2]]]
     assert [e.tolist() for e in echoes[4:]] == [[[5, 5, 5, 5, 5, 7]], [[6] * 6], [[1]]]
+
+
+def test_input_arrays_are_checked_against_the_signature():
+    """Each kind of wrong input gets its own message; good input comes back as the
+    signature's dtype."""
+    from tfdeploy.serve.api import array
+    from tfdeploy.serve.servable import RequestError
+
+    ids = (np.int32, (None, None))
+    good = array("ids", [[101, 7, 102]], *ids)
+    assert good.dtype == np.int32 and good.tolist() == [[101, 7, 102]]
+    assert array("x", [[0.5, 1.0]], np.float32, (None, 2)).dtype == np.float32
+    wrong = {"not a rectangular array": [[1, 2], [3]],
+             "got strings": [["a"]], "got booleans": [[True]], "got fractions": [[1.5]],
+             "expected rank 2": [1, 2], "empty batch": np.zeros((0, 3), np.int64),
+             "dimension 1 is 0": [[]], "values outside DT_INT32": [[2 ** 40]]}
+    for message, value in wrong.items():
+        with pytest.raises(RequestError, match=message):
+            array("ids", value, *ids)
+    with pytest.raises(RequestError, match="dimension 1 is 3, the signature wants 2"):
+        array("x", [[1.0, 2.0, 3.0]], np.float32, (None, 2))
+    with pytest.raises(RequestError, match="NaN or infinite"):
+        array("x", np.array([[np.nan, 1.0]]), np.float32, (None, 2))

@@ -1,5 +1,7 @@
 """The serving operations both front ends (REST and gRPC) call: status, metadata, predict
 and classify, on numpy inputs checked against the signature."""
+import functools
+
 import numpy as np
 
 from tfdeploy.serve.manager import NotFound
@@ -117,34 +119,45 @@ def texts(value):
 
 
 def array(name, value, dtype, shape):
+    """``value`` as a ``dtype`` array checked against the signature's ``shape``: numbers
+    only, integers for integer inputs, within the dtype's range, rank and fixed dims as
+    the signature says, at least one row."""
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
         raise RequestError(f"input {name}: not a rectangular array") from None
-    if arr.dtype == object or arr.dtype.kind in "USV":
-        raise RequestError(f"input {name}: expected numbers ({dtype_name(dtype)}), got "
-                           f"{'ragged lists' if arr.dtype == object else 'strings'}")
-    if arr.dtype.kind == "b" or (np.dtype(dtype).kind in "iu" and arr.dtype.kind == "f"
-                                 and not np.all(np.isfinite(arr) & (arr == np.round(arr)))):
-        raise RequestError(f"input {name}: expected {dtype_name(dtype)}, got "
-                           f"{'booleans' if arr.dtype.kind == 'b' else 'fractions'}")
+    want, kind = np.dtype(dtype), arr.dtype.kind
+    if kind == "O" or kind in "USV":
+        raise RequestError(f"input {name}: expected numbers ({dtype_name(want)}), got "
+                           f"{'ragged lists' if kind == 'O' else 'strings'}")
+    integer = want.kind in "iu"
+    if kind == "b" or (integer and kind == "f"
+                       and not np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+        raise RequestError(f"input {name}: expected {dtype_name(want)}, got "
+                           f"{'booleans' if kind == 'b' else 'fractions'}")
     if arr.ndim != len(shape):
         raise RequestError(f"input {name}: expected rank {len(shape)} (shape "
                            f"{list(d if d is not None else -1 for d in shape)}), got shape "
                            f"{list(arr.shape)}")
     if arr.shape[0] == 0:
         raise RequestError(f"input {name}: empty batch")
-    for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
-        if want is not None and want != got or got == 0:
+    for i, (need, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
+        if need is not None and need != got or got == 0:
             raise RequestError(f"input {name}: dimension {i} is {got}, the signature wants "
-                               f"{want if want is not None else 'at least 1'}")
-    if np.dtype(dtype).kind in "iu":
-        info = np.iinfo(dtype)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise RequestError(f"input {name}: values outside {dtype_name(dtype)}")
-    elif arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                               f"{need if need is not None else 'at least 1'}")
+    if integer:
+        low, high = int_range(want)
+        if arr.dtype != want and (arr.min() < low or arr.max() > high):
+            raise RequestError(f"input {name}: values outside {dtype_name(want)}")
+    elif kind == "f" and not np.all(np.isfinite(arr)):
         raise RequestError(f"input {name}: NaN or infinite values")
-    return arr.astype(dtype)
+    return arr.astype(want, copy=False)
+
+
+@functools.lru_cache(maxsize=None)
+def int_range(dtype):
+    info = np.iinfo(dtype)
+    return info.min, info.max
 
 
 async def answer(manager, name, version, sig_name, inputs):
