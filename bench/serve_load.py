@@ -231,8 +231,8 @@ def main():
     failed, results = 0, {}
     for artifact in args.artifacts.split(","):
         for batching in (False, True):
-            proc, port = start(args.model_base_path, artifact, batching, params, args.threads,
-                               args.replicas)
+            proc, port = start(args.model_base_path, artifact, batching, params,
+                               args.threads, args.replicas)
             try:
                 r = asyncio.run(load(port, texts, args.requests, args.clients))
                 if batching:  # a lone request waits for its batch's timeout
@@ -256,7 +256,8 @@ def main():
         print(f"{artifact}: batching throughput ratio {on['rps'] / off[0]['rps']:.2f}x "
               f"(goal >= 2); server overhead at concurrency 1 (interleaved with the "
               f"artifact in-process): token ids {one['ids']:.2f} ms over the in-process "
-              f"run's {one['local']:.2f} ms = {one['ids'] / one['local']:.2f}x (goal <= 1.3); "
+              f"run's {one['local']:.2f} ms = {one['ids'] / one['local']:.2f}x "
+              f"(goal <= 1.3); "
               f"sentences {one['text']:.2f} ms over in-process tokenizing and running "
               f"{one['local_text']:.2f} ms = {one['text'] / one['local_text']:.2f}x",
               flush=True)

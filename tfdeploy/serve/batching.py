@@ -2,12 +2,12 @@
 
 Requests queue until ``max_batch_size`` rows are waiting or the oldest has waited
 ``batch_timeout_micros``; batch threads (``num_batch_threads``, one per replica by
-default) take the batches and run them, each padded up to the next of ``allowed_batch_sizes``. Inputs of
-different lengths (token ids) are padded to the longest in the batch with the model's pad
-value; for text models requests wait in one queue per length bucket (the recipe's
-``data.buckets``), so a batch holds sentences of similar length and pads little. More than
-``max_enqueued_batches`` waiting batches is over capacity: the request is refused (503),
-never queued without bound.
+default) take the batches and run them, each padded up to the next of
+``allowed_batch_sizes``. Inputs of different lengths (token ids) are padded to the longest
+in the batch with the model's pad value; for text models requests wait in one queue per
+length bucket (the recipe's ``data.buckets``), so a batch holds sentences of similar length
+and pads little. More than ``max_enqueued_batches`` waiting batches is over capacity: the
+request is refused (503), never queued without bound.
 """
 import asyncio
 import bisect
@@ -34,7 +34,7 @@ def combine(rows, servable, batch_to=0):
     signature leaves open (token ids) is padded to the longest in the batch with the
     model's pad value; the batch dim is padded to ``batch_to`` by repeating the last row.
     Written into one preallocated array per input (``np.pad`` per row cost more than the
-    model's share of a small batch, on the thread that parses requests).
+    model's share of a small batch).
     Returns (batch, row counts)."""
     counts = [len(next(iter(r.values()))) for r in rows]
     total = sum(counts)

@@ -94,12 +94,11 @@ async def dispatch(manager, request, match, kind, timeout_seconds):
                 return respond(metadata_json(match["name"], v))
         if request.method != "POST":
             raise HttpError(405, f"{kind} needs POST")
-        body, decode = await read_json(request, timeout_seconds)
+        body = await read_json(request, timeout_seconds)
         if kind == "predict":
-            return respond(await predict(manager, match["name"], version, body, decode))
+            return respond(await predict(manager, match["name"], version, body))
         if kind in ("classify", "regress"):
-            return respond(await examples_method(manager, match["name"], version, body, kind,
-                                                 decode))
+            return respond(await examples_method(manager, match["name"], version, body, kind))
         raise HttpError(404, f"unknown method :{kind} (predict, classify, regress)")
     except NotFound as e:
         raise HttpError(404, str(e)) from None
@@ -141,7 +140,7 @@ async def read_json(request, timeout_seconds):
         raise HttpError(400, f"JSON Parse error: {str(e)[:200]}") from None
     if not isinstance(body, dict):
         raise HttpError(400, "JSON Value: the body must be a JSON object")
-    return body, decode_b64 if b"b64" in raw or b"\\u" in raw else keep
+    return body
 
 
 def utf8(raw):
@@ -150,12 +149,6 @@ def utf8(raw):
         return True
     except UnicodeDecodeError:
         return False
-
-
-def keep(value):
-    """What ``decode_b64`` would return for a body without any ``b64`` key (walking
-    every number of a token-id request cost more than parsing it)."""
-    return value
 
 
 def decode_b64(value):
@@ -172,14 +165,14 @@ def decode_b64(value):
     return value
 
 
-async def predict(manager, name, version, body, decode=decode_b64):
+async def predict(manager, name, version, body):
     sig_name = signature_name(body)
     row_format = request_format(body)
     with manager.model(name).using(version) as v:
         sig_name, sig = api.signature(v.servable, sig_name)
         names = list(sig.inputs)
-    inputs = rows_to_columns(body["instances"], names, decode) if row_format else \
-        columns(body["inputs"], names, decode)
+    inputs = rows_to_columns(body["instances"], names) if row_format else \
+        columns(body["inputs"], names)
     outputs, _ = await api.predict(manager, name, version, sig_name, inputs)
     if row_format:  # one output: its values; several: an object per row (as TF Serving)
         names = list(outputs)
@@ -210,7 +203,7 @@ def request_format(body):
     return "instances" in body
 
 
-def rows_to_columns(instances, names, decode=decode_b64):
+def rows_to_columns(instances, names):
     """Row format: a list of instances, each ``{input: value}`` (or the bare value when
     the signature has one input)."""
     if not isinstance(instances, list) or not instances:
@@ -222,26 +215,26 @@ def rows_to_columns(instances, names, decode=decode_b64):
                 raise RequestError(f"instances[{i}]: keys {sorted(instance)} do not match "
                                    f"the signature's inputs {names}")
             for n in names:
-                columns_[n].append(decode(instance[n]))
+                columns_[n].append(decode_b64(instance[n]))
         elif len(names) == 1:
-            columns_[names[0]].append(decode(instance))
+            columns_[names[0]].append(decode_b64(instance))
         else:
             raise RequestError(f"instances[{i}]: the signature has inputs {names}; each "
                                f"instance must be an object with those keys")
     return columns_
 
 
-def columns(inputs, names, decode=decode_b64):
+def columns(inputs, names):
     """Columnar format: ``{input: batch}`` (or the bare batch for a one-input signature)."""
     if isinstance(inputs, dict) and set(inputs) != {"b64"}:
-        return {k: decode(v) for k, v in inputs.items()}
+        return {k: decode_b64(v) for k, v in inputs.items()}
     if len(names) != 1:
         raise RequestError(f"inputs: the signature has inputs {names}; send an object "
                            f"with those keys")
-    return {names[0]: decode(inputs)}
+    return {names[0]: decode_b64(inputs)}
 
 
-async def examples_method(manager, name, version, body, method, decode=decode_b64):
+async def examples_method(manager, name, version, body, method):
     """``:classify`` -> ``{"results": [[[label, score], ...], ...]}``; ``:regress`` ->
     ``{"results": [value, ...]}`` (TF Serving's REST API), from ``examples``."""
     unknown = sorted(set(body) - {"signature_name", "examples", "context"})
@@ -259,7 +252,7 @@ async def examples_method(manager, name, version, body, method, decode=decode_b6
     merged = [{**context, **e} for e in examples]
     with manager.model(name).using(version) as v:
         sig_name, sig = api.classify_signature(v.servable, signature_name(body), merged)
-    inputs = rows_to_columns(merged, list(sig.inputs), decode)
+    inputs = rows_to_columns(merged, list(sig.inputs))
     if method == "regress":
         results, _ = await api.regress(manager, name, version, sig_name, inputs)
         return {"results": results}
