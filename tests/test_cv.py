@@ -160,6 +160,56 @@ def test_int8_files_store_each_zero_point_vector_once(tiny_run):
         assert np.array_equal(np.asarray(outs[0]), np.asarray(outs[1])), (stage, name)
 
 
+def weight_scale_counts(tflite_bytes):
+    """{tensor name: number of scales} of the int8 weights of a .tflite flatbuffer."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(tflite_bytes)
+    int8 = 9  # TensorType.INT8
+    return {t.name: len(t.quantization.scale) for t in model.subgraphs[0].tensors
+            if t.type == int8 and model.buffers[t.buffer].data is not None}
+
+
+def test_per_tensor_int8_keeps_one_scale_a_weight(tiny_run, tmp_path):
+    """export.int8_granularity: per_tensor converts the calibrated int8 formats with one
+    scale per weight tensor: a smaller file that still classifies like the per-channel one."""
+    import onnx
+
+    from tfdeploy.data.fashion_mnist import FashionMNIST
+    from tfdeploy.export import onnx_static, runner_for, tflite
+
+    run_dir, records = tiny_run
+    task = FashionMNIST(FashionMNIST.Config(type="fashion_mnist", channels=3)).load()
+    train = np.asarray(task.train.examples[:64], np.float32) / 255.0
+    test = np.asarray(task.validation.examples[:500], np.float32) / 255.0
+
+    def rows():
+        return ({"image": x[None]} for x in train)
+
+    saved = os.path.join(run_dir, "artifacts", "train", "savedmodel")
+    files = {}
+    for granularity in ("per_channel", "per_tensor"):
+        data = tflite.convert(saved, "tflite_int8", rows, per_tensor=granularity == "per_tensor")
+        files[granularity] = tmp_path / f"{granularity}.tflite"
+        files[granularity].write_bytes(data)
+        counts = weight_scale_counts(data)
+        assert len(counts) == 8, counts  # stem, 3 depthwise, 3 pointwise, classifier
+        assert (max(counts.values()) == 1) == (granularity == "per_tensor"), counts
+    assert files["per_tensor"].stat().st_size < 0.95 * files["per_channel"].stat().st_size
+    predicted = {g: runner_for(str(f))({"image": test}).argmax(-1) for g, f in files.items()}
+    assert np.mean(predicted["per_tensor"] == predicted["per_channel"]) > 0.9
+
+    prepared = os.path.join(run_dir, "artifacts", "train", ".convert", "onnx_prepared.onnx")
+    out = onnx_static.quantize_static(prepared, str(tmp_path / "pt.onnx"), rows,
+                                      per_channel=False)
+    graph = onnx.load(out).graph
+    inits = {i.name: i for i in graph.initializer}
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert len(weights) == 8, [n.name for n in weights]
+    assert all(list(inits[n.input[1]].dims) in ([], [1]) for n in weights)
+
+
 def test_qat_onnx_reads_int8_kernels(tiny_run):
     """The QAT model's ONNX QDQ graph: every Conv reads int8 kernels through
     DequantizeLinear (tf2onnx leaves them float)."""

@@ -367,3 +367,29 @@ def test_qat_onnx_matmul_kernels_and_tables_become_int8(tmp_path):
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"))
                               .graph.node)
     assert ops["MatMul"] == 0 and ops["Gemm"] == 0  # ORT runs the matmul in int8
+
+
+def test_tflite_runner_follows_each_batch_shape(tmp_path):
+    """The TFLite runner resizes only when an input's shape changes: answers stay right as
+    batch shapes alternate, and a missing input is an error, not a stale tensor."""
+    import tensorflow as tf
+
+    weights = np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    class Linear(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x"),
+                                      tf.TensorSpec([None, 2], tf.float32, name="bias")])
+        def serve(self, x, bias):
+            return {"logits": tf.matmul(x, weights) + bias}
+
+    module = Linear()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    path = tmp_path / "linear.tflite"
+    path.write_bytes(tflite.convert(str(tmp_path / "sm"), "tflite_fp32"))
+    run = tflite.runner(str(path), threads=1)
+    rng = np.random.default_rng(0)
+    for rows in (2, 2, 5, 1, 5, 5, 2):
+        x, bias = rng.random((rows, 3), np.float32), rng.random((rows, 2), np.float32)
+        np.testing.assert_allclose(run({"x": x, "bias": bias}), x @ weights + bias, rtol=1e-6)
+    with pytest.raises(ValueError, match="the model takes"):
+        run({"x": x})

@@ -214,3 +214,43 @@ def test_calibrated_ranges_follow_activations_beyond_six():
     assert chosen["wide"][1] > 20 and chosen["wide"][0] < -20  # the ranges were widened
     assert chosen["x"][0] < -6 and chosen["x"][1] > 6  # the QuantizeLayer on the input
     assert calibrated < clipped / 5, (calibrated, clipped)
+
+
+def test_per_tensor_qat_keeps_one_range_a_conv_and_reloads(tmp_path):
+    """granularity: per_tensor gives each conv weight one range in every scheme, and the
+    saved stage loads back with the same ranges and outputs (TFMOT's per-channel config,
+    saved alone, would build per-channel ranges on load and refuse the file)."""
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from tfdeploy import checkpoint
+    from tfdeploy.stages import qat
+    from tfdeploy.traits import Traits
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(x))
+    images = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    for scheme in ("default", "prune_preserve", "cluster_preserve"):
+        shapes = {}
+        for per_tensor in (False, True):
+            _, chosen = qat.scheme_for(scheme, Traits(), (), per_tensor)
+            quantized = tfmot.quantization.keras.quantize_apply(
+                tfmot.quantization.keras.quantize_annotate_model(model), chosen)
+            shapes[per_tensor] = {w.name.split("/")[0]: tuple(w.shape)
+                                  for w in quantized.weights if "kernel_min" in w.name}
+        assert shapes[False]["quant_conv"] == (4,), (scheme, shapes)
+        assert set(shapes[True].values()) == {()}, (scheme, shapes)
+        if scheme == "cluster_preserve":
+            continue  # TFMOT saves its cluster quantizer as the plain one, either granularity
+        folder = tmp_path / scheme
+        folder.mkdir()
+        checkpoint.save(quantized, str(folder))
+        loaded = checkpoint.load(str(folder), tf.distribute.get_strategy(),
+                                 scopes=qat.QAT.load_scopes())
+        assert {w.name.split("/")[0]: tuple(w.shape) for w in loaded.weights
+                if "kernel_min" in w.name} == shapes[True]
+        np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())

@@ -172,7 +172,7 @@ def int8_fallback(job):
     path = os.path.join(job.folder, f"{job.recipe.name}.tflite_int8_fallback.tflite")
     return export.Artifact("tflite_int8_fallback", tflite.export(
         job.savedmodel(), "tflite_int8", path, job.representative(), False,
-        tflite.FALLBACK_FLOAT_OPS))
+        tflite.FALLBACK_FLOAT_OPS, tflite.per_tensor(job.recipe)))
 
 
 def benchmark(recipe, context, artifacts, records):

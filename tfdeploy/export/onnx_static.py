@@ -1,10 +1,10 @@
 """`onnx_static_int8`: ONNX Runtime static int8 (QDQ) of the float ONNX file.
 
-Weights int8 per output channel, activations uint8 with ranges calibrated (min/max) on
-training rows, written as QuantizeLinear/DequantizeLinear pairs that ORT fuses into int8
-kernels (QLinearConv, QGemm, MatMulIntegerToFloat, ...). The float file already carries
-the model plugin's fusions, so fusion happens before quantization. The scheme depends on
-the graph (:func:`scheme_for`):
+Weights int8 per output channel (or per tensor: ``export.int8_granularity``), activations
+uint8 with ranges calibrated (min/max) on training rows, written as QuantizeLinear /
+DequantizeLinear pairs that ORT fuses into int8 kernels (QLinearConv, QGemm,
+MatMulIntegerToFloat, ...). The float file already carries the model plugin's fusions, so
+fusion happens before quantization. The scheme depends on the graph (:func:`scheme_for`):
 
 * a CNN: every op ORT can quantize, each output re-quantized for the next int8 op (ORT
   fuses conv + ReLU + quantize into QLinearConv);
@@ -65,17 +65,19 @@ class OnnxStaticInt8(Format):
 
     def write_mixed(self, job, path, kept):
         return quantize_static(prepared(job), path, job.representative(), job_scheme(job),
-                               sorted(kept))
+                               sorted(kept), per_channel(job.recipe))
 
     def mixed_recipe(self, job, kept):
         scheme = job_scheme(job)
-        return {"engine": "onnxruntime.quantization.quantize_static (QDQ, per channel)",
+        granularity = job.recipe.export.int8_granularity.replace("_", " ")
+        return {"engine": f"onnxruntime.quantization.quantize_static (QDQ, {granularity})",
                 "op_types_to_quantize": list(scheme.static_ops or ["all"]),
                 "float_outputs": list(scheme.float_outputs),
                 "dynamic": list(scheme.dynamic_ops), "nodes_to_exclude": sorted(kept)}
 
     def dry_run(self, model, recipe):
-        return (f"{self.name}: ORT static QDQ, weights int8 per channel, activations uint8 "
+        granularity = recipe.export.int8_granularity.replace("_", " ")
+        return (f"{self.name}: ORT static QDQ, weights int8 {granularity}, activations uint8 "
                 f"calibrated on training rows: a CNN's every op ORT can quantize; with "
                 f"LayerNormalization only {', '.join(TRANSFORMER.static_ops)} (outputs "
                 f"float) and Attention as QAttention",)
@@ -140,9 +142,14 @@ def quiet():
         root.setLevel(level)
 
 
-def quantize_static(prepared_path, dst_path, representative, scheme=CNN, exclude=()):
+def per_channel(recipe):
+    return recipe.export.int8_granularity == "per_channel"
+
+
+def quantize_static(prepared_path, dst_path, representative, scheme=CNN, exclude=(),
+                    per_channel=True):
     """Static int8 of ``prepared_path`` by ``scheme``; the nodes in ``exclude`` stay
-    float."""
+    float; weights with a scale per output channel or per tensor."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_dynamic,
                                           quantize_static as ort_quantize_static)
@@ -159,7 +166,7 @@ def quantize_static(prepared_path, dst_path, representative, scheme=CNN, exclude
         out = os.path.join(tmp, "static_int8.onnx")
         with quiet():
             ort_quantize_static(
-                prepared_path, out, Rows(), quant_format=QuantFormat.QDQ, per_channel=True,
+                prepared_path, out, Rows(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(scheme.static_ops) if scheme.static_ops else None,
                 nodes_to_exclude=list(exclude),

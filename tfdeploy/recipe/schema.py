@@ -65,6 +65,13 @@ class Export:
                                           "the tflite_recipe format, e.g. the "
                                           "<artifact>.recipe.json an accuracy search saved. "
                                           "Read as data.")
+    int8_granularity: Literal["per_channel", "per_tensor"] = field(
+        "per_channel", doc="Weight scales of the post-training int8 formats (tflite_int8, "
+                           "onnx_static_int8): one per output channel, or one per tensor. "
+                           "Per tensor drops a float scale and an int64 zero point for "
+                           "every channel of every weight and bias (8% of a narrow CNN's "
+                           "int8 file), usually at some accuracy. A QAT model keeps the "
+                           "granularity it trained with.")
     int8_fallback: Literal["off", "on_gate", "always"] = field(
         "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
                        "ops (LayerNorm pieces, softmax, elementwise, attention matmuls) in "

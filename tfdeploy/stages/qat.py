@@ -46,14 +46,17 @@ class _Registry(tfmot.quantization.keras.QuantizeRegistry):
       layers one quantizer object, and the cluster-preserving one switches its
       ``preserve_sparsity`` off for good when it builds a layer without zeros (the unpruned
       classifier), so every layer built later lost its zeros in PCQAT;
-    - layers named in ``float_outputs`` lose the activation quantizer on their output.
+    - layers named in ``float_outputs`` lose the activation quantizer on their output;
+    - with ``per_tensor``, conv weights get the scheme's own per-tensor quantizer
+      (:class:`PerTensorWeights`; TFMOT's ``disable_per_axis`` exists for the default
+      scheme only).
 
     Configs are made here, when ``quantize_apply`` asks, not passed to
     ``quantize_annotate_layer``: TFMOT clones the annotated model through its config, which
     would drop the quantizer objects."""
 
-    def __init__(self, inner, float_outputs=()):
-        self.inner, self.float_outputs = inner, set(float_outputs)
+    def __init__(self, inner, float_outputs=(), per_tensor=False):
+        self.inner, self.float_outputs, self.per_tensor = inner, set(float_outputs), per_tensor
 
     def supports(self, layer):
         try:
@@ -64,10 +67,12 @@ class _Registry(tfmot.quantization.keras.QuantizeRegistry):
 
     def get_quantize_config(self, layer):
         config = copy.copy(self.inner.get_quantize_config(layer))
-        if hasattr(config, "weight_quantizer"):
-            config.weight_quantizer = copy.deepcopy(config.weight_quantizer)
         if layer.name in self.float_outputs:
             config.activation_attrs = []
+        if hasattr(config, "weight_quantizer"):
+            config.weight_quantizer = copy.deepcopy(config.weight_quantizer)
+            if self.per_tensor:
+                return PerTensorWeights(config)
         return config
 
 
@@ -86,18 +91,71 @@ class _FloatIdsLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
                                         if k not in ids})
 
 
+def per_tensor_quantizer(quantizer):
+    """The per-tensor sibling of a scheme's per-channel conv weight quantizer (the same
+    sparsity or cluster preservation), or ``quantizer`` when it is per tensor already."""
+    import importlib
+
+    keras_q = "tensorflow_model_optimization.python.core.quantization.keras."
+    cluster = importlib.import_module(
+        keras_q + "collab_opts.cluster_preserve.cluster_preserve_quantize_registry")
+    prune = importlib.import_module(
+        keras_q + "collab_opts.prune_preserve.prune_preserve_quantize_registry")
+    default = importlib.import_module(keras_q + "default_8bit.default_8bit_quantizers")
+    if isinstance(quantizer, cluster.ClusterPreserveDefault8BitConvWeightsQuantizer):
+        return cluster.ClusterPreserveDefault8BitWeightsQuantizer(quantizer.preserve_sparsity)
+    if isinstance(quantizer, prune.PrunePreserveDefault8BitConvWeightsQuantizer):
+        return prune.PrunePreserveDefault8BitWeightsQuantizer()
+    if isinstance(quantizer, default.Default8BitConvWeightsQuantizer):
+        return tfmot.quantization.keras.quantizers.LastValueQuantizer(
+            num_bits=8, per_axis=False, symmetric=True, narrow_range=True)
+    return quantizer
+
+
+@keras.utils.register_keras_serializable(package="tfdeploy")
+class PerTensorWeights(tfmot.quantization.keras.QuantizeConfig):
+    """A scheme's layer config with its conv weight quantizer made per tensor. Saved as
+    itself, so a reloaded model builds per-tensor ranges again (the inner config alone
+    would build per-channel ones, and its saved ranges would not load)."""
+
+    def __init__(self, config):
+        if isinstance(config, dict):
+            config = keras.utils.deserialize_keras_object(config)
+        config.weight_quantizer = per_tensor_quantizer(config.weight_quantizer)
+        self.config = config
+
+    def get_weights_and_quantizers(self, layer):
+        return self.config.get_weights_and_quantizers(layer)
+
+    def get_activations_and_quantizers(self, layer):
+        return self.config.get_activations_and_quantizers(layer)
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        self.config.set_quantize_weights(layer, quantize_weights)
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        self.config.set_quantize_activations(layer, quantize_activations)
+
+    def get_output_quantizers(self, layer):
+        return self.config.get_output_quantizers(layer)
+
+    def get_config(self):
+        return {"config": keras.utils.serialize_keras_object(self.config)}
+
+
 class _Scheme(tfmot.quantization.keras.QuantizeScheme):
-    def __init__(self, inner, float_outputs=()):
-        self.inner, self.float_outputs = inner, float_outputs
+    def __init__(self, inner, float_outputs=(), per_tensor=False):
+        self.inner, self.float_outputs, self.per_tensor = inner, float_outputs, per_tensor
 
     def get_layout_transformer(self):
         return _FloatIdsLayout(self.inner.get_layout_transformer())
 
     def get_quantize_registry(self):
-        return _Registry(self.inner.get_quantize_registry(), self.float_outputs)
+        return _Registry(self.inner.get_quantize_registry(), self.float_outputs,
+                         self.per_tensor)
 
 
-def scheme_for(name, traits, float_outputs=()):
+def scheme_for(name, traits, float_outputs=(), per_tensor=False):
     """The TFMOT scheme; ``auto`` picks it from what earlier stages did to the model."""
     if name == "auto":
         pruned, clustered = traits.sparse, traits.clustered
@@ -111,7 +169,7 @@ def scheme_for(name, traits, float_outputs=()):
         "sparsity_cluster_preserve":
             lambda: combine.Default8BitClusterPreserveQuantizeScheme(True),
     }
-    return name, _Scheme(schemes[name](), float_outputs)
+    return name, _Scheme(schemes[name](), float_outputs, per_tensor)
 
 
 @keras.utils.register_keras_serializable(package="tfdeploy")
@@ -297,6 +355,11 @@ class QAT(Stage):
                        "per step toward each batch's; calibrated = measured first on training "
                        "batches with the float model (for activations far outside [-6, 6], "
                        "e.g. a ranker's cross network).")
+        granularity: Literal["per_channel", "per_tensor"] = field(
+            "per_channel", doc="Conv weight scales: one per output channel (TFMOT's "
+                               "default), or one per tensor (a smaller int8 file; see "
+                               "export.int8_granularity). Dense weights are per tensor in "
+                               "both.")
         layer_types: List[Literal["dense", "conv", "embedding"]] = field(
             factory=lambda: ["dense", "conv", "embedding"],
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
@@ -327,7 +390,8 @@ class QAT(Stage):
         def scope():
             return tfmot.quantization.keras.quantize_scope(
                 {"OutputQuantizeConfig": OutputQuantizeConfig,
-                 "WeightOnlyQuantizeConfig": WeightOnlyQuantizeConfig})
+                 "WeightOnlyQuantizeConfig": WeightOnlyQuantizeConfig,
+                 "PerTensorWeights": PerTensorWeights})
         return [scope]
 
     def run(self, model, context):
@@ -340,7 +404,8 @@ class QAT(Stage):
             print(f"  folded {len(folded)} batch norms into their convs", flush=True)
         names = chosen(model, cfg, "qat")
         inputs = feeders(model, names)
-        scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model))
+        scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model),
+                                         cfg.granularity == "per_tensor")
         before = keras_structure(entering, names)  # zeros and clusters as they were trained
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
 
