@@ -254,3 +254,35 @@ def test_per_tensor_qat_keeps_one_range_a_conv_and_reloads(tmp_path):
         assert {w.name.split("/")[0]: tuple(w.shape) for w in loaded.weights
                 if "kernel_min" in w.name} == shapes[True]
         np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())
+
+
+def test_a_finished_stage_that_does_not_load_back_runs_again(tmp_path, capsys):
+    """TFMOT saves a cluster-preserving QAT layer's quantizer as the plain one, so the file
+    holds weights the reloaded model does not build: the pipeline runs such a stage again
+    instead of failing the resumed run. A default-scheme stage loads as before."""
+    import types
+
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from tfdeploy import checkpoint, pipeline
+    from tfdeploy.stages import qat
+    from tfdeploy.traits import Traits
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(x))
+    context = types.SimpleNamespace(strategy=tf.distribute.get_strategy(),
+                                    plugin=types.SimpleNamespace(custom_objects=dict))
+    cfg = types.SimpleNamespace(name="qat")
+    for scheme, loads in (("default", True), ("cluster_preserve", False)):
+        _, chosen = qat.scheme_for(scheme, Traits())
+        quantized = tfmot.quantization.keras.quantize_apply(
+            tfmot.quantization.keras.quantize_annotate_model(model), chosen)
+        folder = tmp_path / scheme
+        folder.mkdir()
+        checkpoint.save(quantized, str(folder))
+        loaded = pipeline.load_stage_output(str(folder), cfg, context, qat.QAT.load_scopes())
+        assert (loaded is not None) == loads, scheme
+    assert "does not load (Weight count mismatch" in capsys.readouterr().out

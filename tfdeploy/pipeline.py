@@ -231,10 +231,10 @@ def run_stages(recipe, opts, context, stage_list, model, records):
         context.backup_dir = backup_dir(recipe, opts, context, digest)
         scopes.extend(stage.load_scopes())
         cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
-        if cached:
+        loaded = cached and load_stage_output(cached, cfg, context, scopes)
+        if loaded:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
-            model = checkpoint.load(cached, strategies.for_loading(context.strategy),
-                                    context.plugin.custom_objects(), scopes=scopes)
+            model = loaded
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
             context.traits = Traits.from_dict(cache.stage_traits(cached))
@@ -265,6 +265,20 @@ def deliver_intermediate(recipe, context, model, stage_name, records):
                                   folder)
     for problem in problems:
         print(f"  (not gated, an earlier stage) {problem}", flush=True)
+
+
+def load_stage_output(folder, cfg, context, scopes):
+    """The model of a finished stage output, or None when its file does not load back: the
+    stage then runs again. TFMOT saves a cluster-preserving QAT layer's quantizer as the
+    plain one, which builds fewer weights than the file holds ("Weight count mismatch")."""
+    try:
+        return checkpoint.load(folder, strategies.for_loading(context.strategy),
+                               context.plugin.custom_objects(), scopes=scopes)
+    except ValueError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"stage {cfg.name}: the finished output in {folder} does not load ({reason}); "
+              f"running the stage again", flush=True)
+        return None
 
 
 def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
