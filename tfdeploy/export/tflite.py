@@ -96,7 +96,7 @@ class Int8(TFLiteFormat):
 
 
 def per_tensor(recipe):
-    """Whether post-training int8 weights get one scale per tensor (``export.int8_granularity``)."""
+    """Post-training int8 weights with one scale per tensor (``export.int8_granularity``)?"""
     return recipe.export.int8_granularity == "per_tensor"
 
 
