@@ -231,8 +231,8 @@ def run_stages(recipe, opts, context, stage_list, model, records):
         context.backup_dir = backup_dir(recipe, opts, context, digest)
         scopes.extend(stage.load_scopes())
         cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
-        loaded = cached and load_stage_output(cached, cfg, context, scopes)
-        if loaded:
+        loaded = load_stage_output(cached, cfg, context, scopes) if cached else None
+        if loaded is not None:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
             model = loaded
             with open(os.path.join(cached, "eval.json")) as f:
