@@ -315,7 +315,7 @@ def runner(path, threads=2):
 
     LiteRT's signature runner resizes the inputs and allocates the tensors on every call,
     and allocating prepares every node again (XNNPACK's included): on the Fashion-MNIST
-    CNN that was 17 us of a 107 us int8 call. This runner does it only when an input's
+    CNN that was 10-17 us of a 100 us int8 call. This runner does it only when an input's
     shape changes."""
     interp = interpreter(path, threads)
     signature = interp.get_signature_runner("serving_default")

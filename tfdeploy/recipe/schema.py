@@ -70,8 +70,8 @@ class Export:
                            "onnx_static_int8): one per output channel, or one per tensor. "
                            "Per tensor drops a float scale and an int64 zero point for "
                            "every channel of every weight and bias (8% of a narrow CNN's "
-                           "int8 file), usually at some accuracy. A QAT model keeps the "
-                           "granularity it trained with.")
+                           "int8 file), usually at some accuracy. A QAT model's quantizers "
+                           "follow the qat stage's granularity instead.")
     int8_fallback: Literal["off", "on_gate", "always"] = field(
         "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
                        "ops (LayerNorm pieces, softmax, elementwise, attention matmuls) in "
