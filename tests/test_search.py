@@ -222,3 +222,81 @@ def test_static_int8_transformer_runs_int8_matmuls_and_qattention(searched_run):
                for n in graph.node if n.op_type == "LayerNormalization")
     assert static["size_bytes"] < 0.4 * fp32["size_bytes"]
     assert abs(static["metrics"]["accuracy"] - fp32["metrics"]["accuracy"]) <= 0.02
+
+
+def dense_model(tmp_path):
+    """A float TFLite file of two FULLY_CONNECTED layers."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    w1 = tf.constant(rng.normal(size=(16, 32)).astype(np.float32))
+    w2 = tf.constant(rng.normal(size=(32, 10)).astype(np.float32))
+
+    module = tf.Module()
+    module.net = tf.function(lambda x: {"logits": tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)},
+                             input_signature=[tf.TensorSpec([None, 16], tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "dense"), signatures={"serving_default":
+                                                                     module.net})
+    return tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "dense")).convert()
+
+
+def fc_weight_types(data):
+    """The stored types of the FULLY_CONNECTED weights of .tflite bytes."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    graph = model.subgraphs[0]
+    return [names[graph.tensors[op.inputs[1]].type] for op in graph.operators
+            if model.operatorCodes[op.opcodeIndex].builtinCode ==
+            schema.BuiltinOperator.FULLY_CONNECTED]
+
+
+def test_int4_weights_run_as_int8_when_the_file_asks_with_the_same_outputs(tmp_path,
+                                                                          monkeypatch):
+    from ai_edge_litert.interpreter import Interpreter
+    from tfdeploy.export import int4_kernels, tflite
+
+    int4 = litert.quantize(dense_model(tmp_path), [litert.rule("FULLY_CONNECTED", 4)])
+    assert fc_weight_types(int4) == ["INT4", "INT4"]
+    assert fc_weight_types(int4_kernels.widen(int4)) == ["INT8", "INT8"]
+    assert int4_kernels.mark(int4, "int4") == int4  # no hint: XNNPACK's int4 kernels
+    marked = tmp_path / "marked.tflite"
+    marked.write_bytes(int4_kernels.mark(int4, "int8"))
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(int4)
+    assert int4_kernels.wants_int8(str(marked)) and not int4_kernels.wants_int8(str(plain))
+    assert marked.stat().st_size < plain.stat().st_size + 200  # the file stays int4
+
+    widened = []
+    widen = int4_kernels.widen
+    monkeypatch.setattr(int4_kernels, "widen", lambda data: widened.append(1) or widen(data))
+    x = {"x": np.random.default_rng(2).normal(size=(3, 16)).astype(np.float32)}
+    tflite.runner(str(plain))(x)
+    assert widened == []
+    got = tflite.runner(str(marked))(x)
+    assert widened == [1]
+    stock = Interpreter(model_path=str(marked))  # stock LiteRT ignores the hint
+    want = stock.get_signature_runner("serving_default")(**x)["logits"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert np.abs(want).max() > 0.1
+
+
+def test_int4_unpacking_is_signed_low_nibble_first():
+    from tfdeploy.export.int4_kernels import unpack_int4
+
+    packed = np.array([0x71, 0x8F, 0x0A], np.uint8)  # 1, 7 | -1, -8 | -6, (0)
+    np.testing.assert_array_equal(unpack_int4(packed, 5), [1, 7, -1, -8, -6])
+
+
+def test_a_file_that_is_not_tflite_gets_litert_own_error(tmp_path):
+    from tfdeploy.export import int4_kernels, tflite
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a model at all")
+    assert not int4_kernels.wants_int8(str(bad))
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    assert not int4_kernels.wants_int8(str(empty))
+    with pytest.raises(ValueError):
+        tflite.interpreter(str(bad))

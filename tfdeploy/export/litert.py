@@ -5,11 +5,12 @@ regex-selected ops, each with its bits, granularity and mode. The converter's ow
 making ``tflite_fp16``, ``tflite_dynamic_int8`` and the calibrated ``tflite_int8`` (it
 folds, fuses and calibrates in one pass); this engine makes what the converter cannot:
 
-* ``tflite_int4``: dynamic int4 (weights int4, activations quantized to int8 at run time,
-  so XNNPACK runs int8 x int4 kernels): per output channel for FULLY_CONNECTED (blockwise
-  int4 ran 1.9x slower in XNNPACK on MiniLM), blocks of 32 for embedding tables (a lookup
-  costs nothing, and blocks within a row keep each token's row accurate; on MiniLM blocks
-  of 128 lost 1.6 points more on SST-2 dev, per channel 1.4 more);
+* ``tflite_int4``: dynamic int4 (weights int4, activations quantized to int8 at run time):
+  per output channel for FULLY_CONNECTED (blockwise int4 ran 1.9x slower in XNNPACK on
+  MiniLM), blocks of 32 for embedding tables (a lookup costs nothing, and blocks within a
+  row keep each token's row accurate; on MiniLM blocks of 128 lost 1.6 points more on SST-2
+  dev, per channel 1.4 more). The file asks tfdeploy's runtime to run the FULLY_CONNECTED
+  weights on int8 kernels (``export.int4_kernels``, see ``int4_kernels``);
 * ``tflite_w8`` / ``tflite_w4``: weight-only, the op computes in float after an explicit
   DEQUANTIZE: the smallest files at float accuracy, not faster;
 * ``tflite_recipe``: the user's own recipe JSON (``export.quantizer_recipe``), e.g. the
@@ -24,7 +25,7 @@ import re
 
 import numpy as np
 
-from tfdeploy.export import Format, register
+from tfdeploy.export import Format, int4_kernels, register
 from tfdeploy.rundir import atomic_write_bytes
 
 ALGORITHM = "min_max_uniform_quantize"
@@ -64,7 +65,8 @@ class QuantizerFormat(Format):
     def write_mixed(self, job, path, kept):
         """Write with each layer in ``kept`` ({layer: precision}) at that precision."""
         recipe = self.mixed_recipe(job, kept)
-        atomic_write_bytes(path, quantize(job.tflite_lookups(), recipe))
+        data = quantize(job.tflite_lookups(), recipe)
+        atomic_write_bytes(path, int4_kernels.mark(data, job.recipe.export.int4_kernels))
         return path
 
     def mixed_recipe(self, job, kept):
@@ -105,9 +107,15 @@ class QuantizerFormat(Format):
 
     def dry_run(self, model, recipe):
         rows = plan(self.rules(recipe), model)
-        return [f"{self.name} (LiteRT Quantizer; GATHERs of constant tables become "
-                f"EMBEDDING_LOOKUPs):"] + [f"  {layer:40s} {ops:36s} {scheme}"
-                                            for layer, ops, scheme in rows]
+        lines = [f"{self.name} (LiteRT Quantizer; GATHERs of constant tables become "
+                 f"EMBEDDING_LOOKUPs):"] + [f"  {layer:40s} {ops:36s} {scheme}"
+                                             for layer, ops, scheme in rows]
+        if any(scheme == "int4 per channel, dynamic" and "FULLY_CONNECTED" in ops
+               for _, ops, scheme in rows):
+            kernels = recipe.export.int4_kernels
+            lines.append(f"  int4 FULLY_CONNECTED weights run on XNNPACK's {kernels} kernels "
+                         f"in tfdeploy (export.int4_kernels: {kernels})")
+        return lines
 
 
 @register

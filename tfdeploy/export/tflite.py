@@ -12,7 +12,7 @@ FULLY_CONNECTED fails to prepare in XNNPACK, and the file came out larger (measu
 import numpy as np
 import tensorflow as tf
 
-from tfdeploy.export import Format, register
+from tfdeploy.export import Format, int4_kernels, register
 from tfdeploy.rundir import atomic_write_bytes
 
 
@@ -299,8 +299,13 @@ def export(saved_model_dir, variant, path, representative=None, sparse=False, fl
 
 
 def interpreter(path, threads=2):
+    """A LiteRT interpreter of the file at ``path``; int4 weights widened to int8 in memory
+    when the file asks for int8 kernels (``export.int4_kernels``)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    if int4_kernels.wants_int8(path):
+        with open(path, "rb") as f:
+            return Interpreter(model_content=int4_kernels.widen(f.read()), num_threads=threads)
     return Interpreter(model_path=path, num_threads=threads)
 
 
@@ -343,6 +348,7 @@ def runner(path, threads=2):
         graph.Invoke(subgraph)
         return graph.GetTensor(logits, subgraph)
 
+    run.interpreter = interp  # it owns the model bytes of a file loaded from memory
     return run
 
 
