@@ -286,3 +286,63 @@ def test_a_finished_stage_that_does_not_load_back_runs_again(tmp_path, capsys):
         loaded = pipeline.load_stage_output(str(folder), cfg, context, qat.QAT.load_scopes())
         assert (loaded is not None) == loads, scheme
     assert "does not load (Weight count mismatch" in capsys.readouterr().out
+
+
+def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
+    """TFMOT's LayerReLUQuantize gives a conv followed by a quantized ReLU a no-op config
+    (float weights); the stage's layout keeps the weights quantized, still with no
+    quantizer between the conv and its ReLU, in every scheme, and the file loads back."""
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfdeploy import checkpoint
+    from tfdeploy.stages import qat
+    from tfdeploy.traits import Traits
+
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.ReLU(6.0, name="relu")(x)
+    x = keras.layers.Conv2D(8, 1, name="pointwise")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(x))
+    images = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    for scheme in ("default", "prune_preserve", "cluster_preserve"):
+        for per_tensor in (False, True):
+            _, chosen = qat.scheme_for(scheme, Traits(), (), per_tensor)
+            quantized = tfmot.quantization.keras.quantize_apply(
+                tfmot.quantization.keras.quantize_annotate_model(model), chosen)
+            weights = {w.name for w in quantized.get_layer("quant_depthwise").weights}
+            assert any("kernel_min" in w for w in weights), (scheme, weights)
+            assert not any("post_activation" in w for w in weights), (scheme, weights)
+            ranges = {tuple(w.shape) for w in quantized.get_layer("quant_depthwise").weights
+                      if "kernel_min" in w.name}
+            _, tfmot_own = qat.scheme_for(scheme, Traits(), (), per_tensor, relu_weights=False)
+            float_weights = tfmot.quantization.keras.quantize_apply(
+                tfmot.quantization.keras.quantize_annotate_model(model), tfmot_own)
+            assert not any("kernel_min" in w.name
+                           for w in float_weights.get_layer("quant_depthwise").weights)
+            # per channel, TFMOT ranges a depthwise kernel over its last axis (the
+            # multiplier, 1 here); the converter then scales each channel
+            assert ranges == ({()} if per_tensor else {(1,)}), (scheme, per_tensor, ranges)
+    _, chosen = qat.scheme_for("default", Traits(), (), True)
+    quantized = tfmot.quantization.keras.quantize_apply(
+        tfmot.quantization.keras.quantize_annotate_model(model), chosen)
+    quantized(images)
+    converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interp = Interpreter(model_content=converter.convert())
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    depthwise = [tensors[op["inputs"][1]] for op in interp._get_ops_details()
+                 if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    assert [(w["dtype"], len(w["quantization_parameters"]["scales"])) for w in depthwise] == \
+        [(np.int8, 1)]
+    folder = tmp_path / "qat"
+    folder.mkdir()
+    checkpoint.save(quantized, str(folder))
+    loaded = checkpoint.load(str(folder), tf.distribute.get_strategy(),
+                             scopes=qat.QAT.load_scopes())
+    np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())

@@ -65,9 +65,9 @@ class _Registry(tfmot.quantization.keras.QuantizeRegistry):
         except (ValueError, KeyError):
             return False
 
-    def get_quantize_config(self, layer):
+    def get_quantize_config(self, layer, float_output=False):
         config = copy.copy(self.inner.get_quantize_config(layer))
-        if layer.name in self.float_outputs:
+        if float_output or layer.name in self.float_outputs:
             config.activation_attrs = []
         if hasattr(config, "weight_quantizer"):
             config.weight_quantizer = copy.deepcopy(config.weight_quantizer)
@@ -75,20 +75,48 @@ class _Registry(tfmot.quantization.keras.QuantizeRegistry):
                 return PerTensorWeights(config)
         return config
 
+    def weights_only(self, layer):
+        """The layer's config with its weights quantized and its output float; None for a
+        layer without weights to quantize."""
+        if not self.supports(layer):
+            return None
+        config = self.get_quantize_config(layer, float_output=True)
+        return config if config.get_weights_and_quantizers(layer) else None
 
-class _FloatIdsLayout(tfmot.quantization.keras.QuantizeLayoutTransform):
-    """TFMOT puts a QuantizeLayer after every model input feeding a quantized layer; on the
-    int32 token ids an embedding reads that breaks the model. Integer inputs stay as they
-    are."""
 
-    def __init__(self, inner):
-        self.inner = inner
+class _Layout(tfmot.quantization.keras.QuantizeLayoutTransform):
+    """The scheme's layout transform, with two fixes:
+
+    - TFMOT puts a QuantizeLayer after every model input feeding a quantized layer; on the
+      int32 token ids an embedding reads that breaks the model. Integer inputs stay as
+      they are.
+    - TFMOT's ``LayerReLUQuantize`` gives a Conv2D, DepthwiseConv2D or Dense followed by a
+      quantized ReLU a no-op config, so that no quantizer sits between the two; but that
+      also leaves the layer's weights float (the converter then quantizes them itself, per
+      channel whatever the stage's granularity). Such a layer gets the registry's config
+      without its activation quantizer: weights quantized, the output left to the ReLU."""
+
+    def __init__(self, inner, registry=None):
+        self.inner, self.registry = inner, registry  # None: TFMOT's no-op configs stay
 
     def apply(self, model, layer_quantize_map):
         ids = {l.name for l in model.layers if isinstance(l, keras.layers.InputLayer)
                and not l.dtype.startswith("float")}
-        return self.inner.apply(model, {k: v for k, v in layer_quantize_map.items()
-                                        if k not in ids})
+        transformed, quantize_map = self.inner.apply(
+            model, {k: v for k, v in layer_quantize_map.items() if k not in ids})
+        for name, entry in quantize_map.items() if self.registry else ():
+            if isinstance(entry.get("quantize_config"), _no_op_config()):
+                config = self.registry.weights_only(transformed.get_layer(name))
+                if config is not None:
+                    entry["quantize_config"] = config
+        return transformed, quantize_map
+
+
+def _no_op_config():
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_configs
+
+    return default_8bit_quantize_configs.NoOpQuantizeConfig
 
 
 def per_tensor_quantizer(quantizer):
@@ -144,19 +172,22 @@ class PerTensorWeights(tfmot.quantization.keras.QuantizeConfig):
 
 
 class _Scheme(tfmot.quantization.keras.QuantizeScheme):
-    def __init__(self, inner, float_outputs=(), per_tensor=False):
+    def __init__(self, inner, float_outputs=(), per_tensor=False, relu_weights=True):
         self.inner, self.float_outputs, self.per_tensor = inner, float_outputs, per_tensor
+        self.relu_weights = relu_weights
 
     def get_layout_transformer(self):
-        return _FloatIdsLayout(self.inner.get_layout_transformer())
+        return _Layout(self.inner.get_layout_transformer(),
+                       self.get_quantize_registry() if self.relu_weights else None)
 
     def get_quantize_registry(self):
         return _Registry(self.inner.get_quantize_registry(), self.float_outputs,
                          self.per_tensor)
 
 
-def scheme_for(name, traits, float_outputs=(), per_tensor=False):
-    """The TFMOT scheme; ``auto`` picks it from what earlier stages did to the model."""
+def scheme_for(name, traits, float_outputs=(), per_tensor=False, relu_weights=True):
+    """The TFMOT scheme; ``auto`` picks it from what earlier stages did to the model.
+    ``relu_weights``: quantize the weights of a layer followed by a quantized ReLU."""
     if name == "auto":
         pruned, clustered = traits.sparse, traits.clustered
         name = ("sparsity_cluster_preserve" if pruned and clustered else
@@ -169,7 +200,7 @@ def scheme_for(name, traits, float_outputs=(), per_tensor=False):
         "sparsity_cluster_preserve":
             lambda: combine.Default8BitClusterPreserveQuantizeScheme(True),
     }
-    return name, _Scheme(schemes[name](), float_outputs, per_tensor)
+    return name, _Scheme(schemes[name](), float_outputs, per_tensor, relu_weights)
 
 
 @keras.utils.register_keras_serializable(package="tfdeploy")
@@ -360,6 +391,11 @@ class QAT(Stage):
                                "default), or one per tensor (a smaller int8 file; see "
                                "export.int8_granularity). Dense weights are per tensor in "
                                "both.")
+        weights_before_relu: Literal["quantized", "float"] = field(
+            "quantized", doc="A conv or Dense followed by a quantized ReLU: quantized = its "
+                             "weights train fake-quantized like any other layer's; float = "
+                             "TFMOT's own LayerReLUQuantize behaviour: they train float and "
+                             "the converter quantizes them afterwards, per channel.")
         layer_types: List[Literal["dense", "conv", "embedding"]] = field(
             factory=lambda: ["dense", "conv", "embedding"],
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
@@ -405,7 +441,8 @@ class QAT(Stage):
         names = chosen(model, cfg, "qat")
         inputs = feeders(model, names)
         scheme_name, scheme = scheme_for(cfg.scheme, context.traits, float_outputs(model),
-                                         cfg.granularity == "per_tensor")
+                                         cfg.granularity == "per_tensor",
+                                         cfg.weights_before_relu == "quantized")
         before = keras_structure(entering, names)  # zeros and clusters as they were trained
         print(f"  quantizing {len(names)} layers, scheme {scheme_name}", flush=True)
 
