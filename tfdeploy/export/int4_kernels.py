@@ -25,8 +25,10 @@ def _schema():
 def mark(data, kernels):
     """``data`` (.tflite bytes) with the hint for ``kernels`` ("int8" widens at load, "int4"
     runs the int4 kernels); unchanged when no FULLY_CONNECTED has an int4 weight."""
+    if kernels != "int8":
+        return data
     model = _load(data)
-    if kernels != "int8" or not _int4_weights(model):
+    if not _int4_weights(model):
         return data
     s = _schema()
     buffer = s.BufferT()
