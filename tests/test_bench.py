@@ -24,3 +24,37 @@ def test_settled_block_records_the_last_calls_of_the_settle_period():
     slow = bench.Settings(block=4, settle=0.0)  # settled at once: still ``block`` calls
     calls.clear()
     assert len(bench.settled_block(run, None, slow)) == 4 and len(calls) == 5
+
+
+class Counter:
+    def __init__(self):
+        self.done = 0
+
+    def update(self, n):
+        assert n >= 0
+        self.done += n
+
+
+def test_measure_reports_progress_in_runs_and_ends_each_variant_by_runs_or_seconds():
+    """Round-robin variants all end near the end, so progress counts measured runs (a
+    variant ended by its seconds counts as all its runs): it rises round by round and
+    reaches the total exactly."""
+    s = bench.Settings(warmup_runs=1, warmup_seconds=0.0, runs=20, seconds=0.05, block=5,
+                       settle=0.0)
+    seen = []
+    bar = Counter()
+    fast, slow = (lambda inputs: seen.append(bar.done)), (lambda inputs: time.sleep(0.005))
+    stats = bench.measure({"fast": fast, "slow": slow}, None, s, bar)
+    assert stats["fast"]["runs"] == 20  # ended by runs
+    assert 5 <= stats["slow"]["runs"] < 20  # ended by its 0.05 s
+    assert bar.done == s.runs * 2
+    assert 0 < max(seen) < bar.done and seen == sorted(seen)
+
+
+def test_bench_cli_refuses_non_positive_settings(capsys, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert bench.main([str(model), "--seconds=0"]) == 2
+    assert "--seconds 0.0: must be positive" in capsys.readouterr().err
+    assert bench.main([str(model), "--batch_sizes=1,0"]) == 2
+    assert "--batch_sizes '1,0': must be positive" in capsys.readouterr().err

@@ -71,18 +71,15 @@ def measure(runners, inputs, s: Settings, bar=None):
             calls[name] += 1
     times = {name: [] for name in names}
 
-    def done(name):
-        return len(times[name]) >= s.runs or sum(times[name]) >= s.seconds
+    def share(name):  # of its measurement: runs or seconds, whichever ends it first
+        return min(1.0, max(len(times[name]) / s.runs, sum(times[name]) / s.seconds))
 
-    finished = set()
-    while not all(done(n) for n in names):
+    while min(map(share, names)) < 1.0:
         for name in names:
-            if done(name):
-                if name not in finished and bar is not None:
-                    finished.add(name)
-                    bar.update(1)
-                continue
-            times[name] += settled_block(runners[name], inputs, s)
+            if share(name) < 1.0:
+                times[name] += settled_block(runners[name], inputs, s)
+        if bar is not None:  # in runs (a variant ended by seconds counts as all its runs)
+            bar.update(int(s.runs * sum(map(share, names))) - bar.done)
     return {name: {"median_ms": float(np.median(t) * 1e3),
                    "p90_ms": float(np.percentile(t, 90) * 1e3), "runs": len(t)}
             for name, t in times.items()}
@@ -124,7 +121,8 @@ def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=None):
     results = {}
     for batch in s.batch_sizes:
         inputs = make_inputs(batch, s.seq_length)
-        with progress.counted(f"benchmark batch {batch}", len(runners), unit="variant") as bar:
+        with progress.counted(f"benchmark batch {batch} ({len(runners)} variants)",
+                              s.runs * len(runners), unit="run") as bar:
             stats = measure(runners, inputs, s, bar)
         base = stats.get(reference) or stats[artifacts[0].name]
         for name, st in stats.items():
@@ -169,6 +167,13 @@ def main(argv=None):
     except ValueError:
         print(f"error: --batch_sizes {args.batch_sizes!r}: expected integers like 1,8",
               file=sys.stderr)
+        return 2
+    for flag in ("threads", "runs", "seconds", "block", "seq_length"):
+        if getattr(args, flag) <= 0:
+            print(f"error: --{flag} {getattr(args, flag)}: must be positive", file=sys.stderr)
+            return 2
+    if min(sizes, default=0) <= 0:
+        print(f"error: --batch_sizes {args.batch_sizes!r}: must be positive", file=sys.stderr)
         return 2
     s = Settings(batch_sizes=tuple(sizes), seq_length=args.seq_length, threads=args.threads,
                  runs=args.runs, seconds=args.seconds, block=args.block,
