@@ -68,6 +68,12 @@ def test_key_covers_every_input(inputs, monkeypatch, tmp_path):
     assert keys(data, ckpt)[0] != after_ckpt[0]
     monkeypatch.undo()
     assert keys(data, ckpt) == after_ckpt
+    # a stage's revision (its code changed what it makes) changes its own key only
+    from tfdeploy.stages import STAGES
+    monkeypatch.setattr(STAGES.get("prune"), "revision", 1)
+    revised = keys(data, ckpt)
+    assert revised[0] == after_ckpt[0] and revised[1] != after_ckpt[1]
+    monkeypatch.undo()
     # tfdeploy's version (TF and TFMOT versions enter the same way)
     monkeypatch.setattr(tfdeploy, "__version__", "99.0")
     assert keys(data, ckpt)[0] != after_ckpt[0]

@@ -113,22 +113,26 @@ def test_qat_int8_folds_batch_norm_and_keeps_zeros(tiny_run):
     assert report["scheme"] == "prune_preserve"
 
 
+def optimized_ops(path, tmp_path):
+    """The op types of an ONNX file after ONNX Runtime's graph optimizations."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
 def test_qat_onnx_runs_every_conv_int8_in_onnx_runtime(tiny_run, tmp_path):
     """With calibrated ranges the ReLU6 outputs' quantizers start at 0, so ORT drops each
     Clip before a QuantizeLinear and fuses every conv into QLinearConv (TFMOT's [-6, 6]
     start left them float, with a Transpose around each); the export drops the pairs that
     only re-quantized."""
-    import onnxruntime as ort
-
     run_dir, records = tiny_run
     path = os.path.join(run_dir, by_stage(records, "qat")["onnx_static_int8"]["path"])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    import onnx
-
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    ops = optimized_ops(path, tmp_path)
     assert ops.count("QLinearConv") == 7, ops  # the stem, 3 depthwise and 3 pointwise
     assert not {"Conv", "FusedConv", "Clip"} & set(ops), ops
     # no re-quantization between a conv and its ReLU6, nor after a padding, which ORT then
@@ -250,6 +254,14 @@ def test_tiny_cqat_keeps_16_values(tmp_path):
     qat = by_stage(records, "qat")["keras"]["stage_report"]
     assert qat["scheme"] == "cluster_preserve"
     assert 0 < qat["int8_max_values_per_channel"] <= 16, qat
+    # cluster-preserving QAT with calibrated ranges: ORT fuses every conv into QLinearConv
+    # (with TFMOT's [-6, 6] start, none; before qat's revision 1, all but the last: the
+    # clustered model's reused pool and flatten layers got no output quantizer)
+    ops = optimized_ops(os.path.join(only_run(str(tmp_path), "cnn_tiny_cqat"),
+                                     by_stage(records, "qat")["onnx_static_int8"]["path"]),
+                        tmp_path)
+    assert ops.count("QLinearConv") == 7, ops
+    assert not {"Conv", "FusedConv", "Clip"} & set(ops), ops
 
 
 def test_xnnpack_policy_accepts_the_recipe_and_names_a_wrong_stem(tmp_path):

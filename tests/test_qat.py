@@ -346,3 +346,24 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
     loaded = checkpoint.load(str(folder), tf.distribute.get_strategy(),
                              scopes=qat.QAT.load_scopes())
     np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())
+
+
+def test_pass_through_layers_of_a_model_with_reused_layers_get_output_quantizers():
+    """TFMOT's strip_clustering builds a new model from the same unwrapped layers, so each
+    such layer has a node in both models. The pool and flatten between the last conv and
+    the classifier must still be found (before: read as having two inputs, left float,
+    and ORT ran the last conv in float)."""
+    import tf_keras as keras
+
+    from tfdeploy.stages.qat import feeders
+
+    image = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 1, name="conv")(image)
+    x = keras.layers.ReLU(6.0, name="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    model = keras.Model(image, keras.layers.Dense(2, name="classifier")(x))
+    reused = keras.models.clone_model(model, clone_function=lambda layer: layer)
+    assert len(reused.get_layer("pool").inbound_nodes) == 2
+    names = ["conv", "classifier"]
+    assert feeders(model, names) == feeders(reused, names) == {"pool", "flatten"}

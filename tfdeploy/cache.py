@@ -76,7 +76,8 @@ def run_inputs(recipe, context, source_files, model_files):
 
 def stage_key(upstream, cfg, stage):
     """The key of one stage: its config and teacher file on top of ``upstream``."""
-    return fingerprint(upstream, to_dict(cfg), teacher_digest(stage.teacher_spec()))
+    revision = [stage.revision] if stage.revision else []  # keys made before it stay valid
+    return fingerprint(upstream, to_dict(cfg), teacher_digest(stage.teacher_spec()), *revision)
 
 
 def stage_keys(recipe, context, stage_list):

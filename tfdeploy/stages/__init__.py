@@ -22,6 +22,9 @@ class Stage:
     tpu_unsupported = None
     # Plain Keras fit of one model: what ParameterServerStrategy's coordinator dispatches.
     runs_on_parameter_servers = False
+    # Raised when the stage's code changes its output for the same config: part of the
+    # stage cache key, so an older cached output is not reused (0 adds nothing to the key).
+    revision = 0
 
     def __init__(self, config):
         self.config = config

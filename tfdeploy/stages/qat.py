@@ -22,6 +22,7 @@ import tempfile
 from typing import List, Literal
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
@@ -279,10 +280,17 @@ PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout
                 keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.ReLU)
 
 
-def inbound(layer):
-    for node in layer.inbound_nodes:
-        layers = node.inbound_layers
-        yield from layers if isinstance(layers, list) else [layers]
+def inbound(model):
+    """{layer name: [names of the layers whose outputs it reads]} in ``model`` alone. A
+    layer reused by a clone (TFMOT's strip_clustering keeps the unwrapped layers) has a node
+    in each model; only this model's count (Keras keys them ``<layer>_ib-<index>``)."""
+    own = model._network_nodes  # noqa: SLF001 — Keras has no public list of a model's nodes
+    out = {}
+    for layer in model.layers:
+        out[layer.name] = [l.name for i, node in enumerate(layer.inbound_nodes)
+                           if f"{layer.name}_ib-{i}" in own
+                           for l in tf.nest.flatten(node.inbound_layers)]
+    return out
 
 
 def feeders(model, names):
@@ -291,25 +299,26 @@ def feeders(model, names):
     only, those layers too, so the int8 region runs through them. A ReLU there is passed
     but not annotated: TFMOT's LayerReLUQuantize would give the conv before it a no-op
     config (float weights, pruned zeros lost); the converter fuses it into that conv."""
-    out = set()
+    reads, out = inbound(model), set()
     for name in names:
-        for layer in inbound(model.get_layer(name)):
-            if layer.name not in names and not isinstance(layer, keras.layers.InputLayer):
-                out.add(layer.name)
-                out.update(l.name for l in bridge(layer, names)
+        for before in reads[name]:
+            layer = model.get_layer(before)
+            if before not in names and not isinstance(layer, keras.layers.InputLayer):
+                out.add(before)
+                out.update(l.name for l in bridge(model, reads, layer, names)
                            if not isinstance(l, keras.layers.ReLU))
     return out
 
 
-def bridge(layer, names):
+def bridge(model, reads, layer, names):
     """The pass-through layers from ``layer`` back to a chosen layer ([] if none)."""
     path = []
     while isinstance(layer, PASS_THROUGH):
         path.append(layer)
-        before = list(inbound(layer))
+        before = reads[layer.name]
         if len(before) != 1:
             return []
-        layer = before[0]
+        layer = model.get_layer(before[0])
         if layer.name in names:
             return path
     return []
@@ -360,6 +369,9 @@ def calibrate_ranges(quantized, float_model, context, batch_size, batches=16):
 class QAT(Stage):
     tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
                        "support documented or tested)")
+    # 1: pass-through layers after a clustered model's last ReLU got no output quantizer
+    # (its reused layers were read as having two inputs), so ORT ran that conv float
+    revision = 1
 
     @dataclasses.dataclass(kw_only=True)
     class Config(StageConfig, FitConfig, LayerSelection):
