@@ -281,13 +281,13 @@ PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout
 
 
 def inbound(model):
-    """{layer name: [names of the layers whose outputs it reads]} in ``model`` alone. A
+    """{layer name: [the layers whose outputs it reads]} in ``model`` alone. A
     layer reused by a clone (TFMOT's strip_clustering keeps the unwrapped layers) has a node
     in each model; only this model's count (Keras keys them ``<layer>_ib-<index>``)."""
     own = model._network_nodes  # noqa: SLF001 — Keras has no public list of a model's nodes
     out = {}
     for layer in model.layers:
-        out[layer.name] = [l.name for i, node in enumerate(layer.inbound_nodes)
+        out[layer.name] = [l for i, node in enumerate(layer.inbound_nodes)
                            if f"{layer.name}_ib-{i}" in own
                            for l in tf.nest.flatten(node.inbound_layers)]
     return out
@@ -301,16 +301,15 @@ def feeders(model, names):
     config (float weights, pruned zeros lost); the converter fuses it into that conv."""
     reads, out = inbound(model), set()
     for name in names:
-        for before in reads[name]:
-            layer = model.get_layer(before)
-            if before not in names and not isinstance(layer, keras.layers.InputLayer):
-                out.add(before)
-                out.update(l.name for l in bridge(model, reads, layer, names)
+        for layer in reads[name]:  # a Sequential model's InputLayer is not in its layers
+            if layer.name not in names and not isinstance(layer, keras.layers.InputLayer):
+                out.add(layer.name)
+                out.update(l.name for l in bridge(reads, layer, names)
                            if not isinstance(l, keras.layers.ReLU))
     return out
 
 
-def bridge(model, reads, layer, names):
+def bridge(reads, layer, names):
     """The pass-through layers from ``layer`` back to a chosen layer ([] if none)."""
     path = []
     while isinstance(layer, PASS_THROUGH):
@@ -318,7 +317,7 @@ def bridge(model, reads, layer, names):
         before = reads[layer.name]
         if len(before) != 1:
             return []
-        layer = model.get_layer(before[0])
+        layer = before[0]
         if layer.name in names:
             return path
     return []
