@@ -35,10 +35,13 @@ def newest_paths(runs_dir, recipe, artifacts):
 
 
 def arguments(doc):
-    """--runs_dir, --batch_sizes and --seconds, shared by the scripts reading recipe runs."""
+    """--runs_dir, --batch_sizes, --seq_length and --seconds, shared by the scripts reading
+    recipe runs."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
     parser.add_argument("--batch_sizes", default="1,8")
+    parser.add_argument("--seq_length", type=int, default=128,
+                        help="tokens per row (SST-2 dev: median 25 with [CLS] and [SEP], 76%% within 32)")
     parser.add_argument("--seconds", type=float, default=10.0)
     return parser.parse_args()
 
@@ -61,7 +64,7 @@ def main():
             print(f"{label:22s} {path}")
             artifacts.append(Artifact(label, path))
     settings = bench.Settings(batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-                              seconds=args.seconds)
+                              seq_length=args.seq_length, seconds=args.seconds)
     from tfdeploy.models.bert import token_inputs
 
     results = bench.benchmark(artifacts, settings, make_inputs=token_inputs)

@@ -5,7 +5,7 @@ ONNX Runtime fp32 and static int8. Prints the latency pairs and the size ratio t
 speaks of: int4 / dynamic int8 latency (target <= 1), ORT static int8 / ORT fp32 latency
 (<= 0.45), int4 / fp32 bytes (<= 0.16).
 
-    python bench/ptq_latency.py [--runs_dir runs] [--batch_sizes 1,8]
+    python bench/ptq_latency.py [--runs_dir runs] [--batch_sizes 1,8] [--seq_length 128]
 """
 import os
 import sys
@@ -32,7 +32,7 @@ def main():
         artifacts.append(Artifact(name, path))
     sizes = {a.name: a.size() for a in artifacts}
     settings = bench.Settings(batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-                              seconds=args.seconds)
+                              seq_length=args.seq_length, seconds=args.seconds)
     results = bench.benchmark(artifacts, settings, make_inputs=token_inputs)
     for key in results[WANTED[0]]:
         print(f"\n{key.replace('_', ' ')}, seq {settings.seq_length}, 2 threads")

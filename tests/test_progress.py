@@ -80,7 +80,8 @@ def test_benchmark_every_stage(tmp_path, sst2_dir):
                         "--set=export.formats=[savedmodel, tflite_dynamic_int8]",
                         "--set=benchmark.enabled=true", "--set=benchmark.stages=all",
                         "--set=benchmark.batch_sizes=[1]", "--set=benchmark.runs=5",
-                        "--set=benchmark.seconds=0.3")
+                        "--set=benchmark.seconds=0.2", "--set=benchmark.settle=0.05",
+                        "--set=benchmark.warmup_seconds=0.05")
     (run_dir,) = (tmp_path / "runs" / "prog").iterdir()
     records = json.loads((run_dir / "metrics.json").read_text())["records"]
     timed = {(r["stage"], r["artifact"]) for r in records if r.get("latency")}

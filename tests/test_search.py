@@ -282,6 +282,19 @@ def test_int4_weights_run_as_int8_when_the_file_asks_with_the_same_outputs(tmp_p
     assert np.abs(want).max() > 0.1
 
 
+def test_auto_hint_widens_only_on_a_cpu_with_amx(tmp_path, monkeypatch):
+    from tfdeploy.export import int4_kernels
+
+    int4 = litert.quantize(dense_model(tmp_path), [litert.rule("FULLY_CONNECTED", 4)])
+    auto = tmp_path / "auto.tflite"
+    auto.write_bytes(int4_kernels.mark(int4, "auto"))
+    monkeypatch.setattr(int4_kernels, "cpu_flags", lambda: {"avx512f", "amx_int8"})
+    assert int4_kernels.wants_int8(str(auto)) and int4_kernels.resolve("auto") == "int8"
+    monkeypatch.setattr(int4_kernels, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert not int4_kernels.wants_int8(str(auto)) and int4_kernels.resolve("auto") == "int4"
+    assert int4_kernels.resolve("int8") == "int8"
+
+
 def test_int4_unpacking_is_signed_low_nibble_first():
     from tfdeploy.export.int4_kernels import unpack_int4
 

@@ -113,8 +113,9 @@ class QuantizerFormat(Format):
         if any(scheme == "int4 per channel, dynamic" and "FULLY_CONNECTED" in ops
                for _, ops, scheme in rows):
             kernels = recipe.export.int4_kernels
-            lines.append(f"  int4 FULLY_CONNECTED weights run on XNNPACK's {kernels} kernels "
-                         f"in tfdeploy (export.int4_kernels: {kernels})")
+            lines.append(f"  int4 FULLY_CONNECTED weights run on XNNPACK's "
+                         f"{int4_kernels.resolve(kernels)} kernels in tfdeploy on this CPU "
+                         f"(export.int4_kernels: {kernels})")
         return lines
 
 

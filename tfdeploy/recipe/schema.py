@@ -72,13 +72,15 @@ class Export:
                            "every channel of every weight and bias (8% of a narrow CNN's "
                            "int8 file), usually at some accuracy. A QAT model's quantizers "
                            "follow the qat stage's granularity instead.")
-    int4_kernels: Literal["int8", "int4"] = field(
-        "int8", doc="Kernels tfdeploy's runtime (evaluation, benchmark, server) runs the "
+    int4_kernels: Literal["auto", "int8", "int4"] = field(
+        "auto", doc="Kernels tfdeploy's runtime (evaluation, benchmark, server) runs the "
                     "int4 FULLY_CONNECTED weights of a LiteRT Quantizer file with: int8 = "
                     "widen them to int8 in memory at load (same values and scales, same "
-                    "outputs; XNNPACK's int8 kernels ran 1.1-1.2x faster than its int4 ones "
-                    "on x86 here), int4 = XNNPACK's int4 kernels. A hint in the file's "
-                    "metadata; the file stays int4, and stock LiteRT ignores the hint.")
+                    "outputs), int4 = XNNPACK's int4 kernels, auto = int8 on a CPU with "
+                    "AMX-INT8 (there XNNPACK's int8 kernels ran 1.1-1.2x faster than its "
+                    "int4 ones), else int4 (0.90-0.97x of the int8 ones on an AVX-512-VNNI "
+                    "CPU without AMX). A hint in the file's metadata, read at each load; "
+                    "the file stays int4, and stock LiteRT ignores the hint.")
     int8_fallback: Literal["off", "on_gate", "always"] = field(
         "on_gate", doc="Full int8 (post-training) fallback that keeps the most sensitive "
                        "ops (LayerNorm pieces, softmax, elementwise, attention matmuls) in "
