@@ -96,9 +96,9 @@ def _save(model):
 
 
 def wants_int8(path):
-    """Whether the file at ``path`` asks for int8 kernels on this CPU. Reads only the metadata (the file
-    is mapped, not read: fp32 files are large). False for a file that is not a TFLite
-    flatbuffer: loading it then fails with LiteRT's own error."""
+    """Whether the file at ``path`` asks for int8 kernels on this CPU. Reads only the
+    metadata (the file is mapped, not read: fp32 files are large). False for a file that is
+    not a TFLite flatbuffer: loading it then fails with LiteRT's own error."""
     s = _schema()
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
