@@ -31,8 +31,8 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HIDDEN = ("dense_fp32", "pruned_fp32_dense", "pruned_fp32_sparse")
-AS_IS = HIDDEN
+LABELS = ("dense_fp32", "pruned_fp32_dense", "pruned_fp32_sparse")  # in both workers
+ROWS = 256  # test images each worker holds: the largest batch
 RATIOS = [(("without AVX", "pruned_fp32_sparse"), ("without AVX", "dense_fp32"), "<= 0.6"),
           (("without AVX", "pruned_fp32_sparse"), ("without AVX", "pruned_fp32_dense"),
            "same weights"),
@@ -73,8 +73,7 @@ def worker(images_path, threads, labelled_paths):
     images = np.load(images_path)
     runners = {label: runner(path, threads) for label, path in
                (item.split("=", 1) for item in labelled_paths)}
-    diff = np.abs(runners["pruned_fp32_sparse"](images[:256]) -
-                  runners["pruned_fp32_dense"](images[:256]))
+    diff = np.abs(runners["pruned_fp32_sparse"](images) - runners["pruned_fp32_dense"](images))
     print(json.dumps({"avx": cpu_has_avx(), "max_diff": float(diff.max())}), flush=True)
     settings = Settings()
     for line in sys.stdin:
@@ -153,6 +152,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip().isdigit()]
+    if len(batch_sizes) != len(args.batch_sizes.split(",")) or \
+            not all(1 <= b <= ROWS for b in batch_sizes):
+        parser.error(f"--batch_sizes: whole numbers from 1 to {ROWS}, got {args.batch_sizes!r}")
+    if not args.seconds > 0 or args.threads < 1:
+        parser.error("--seconds must be > 0 and --threads >= 1")
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     from cnn_latency import pick
 
@@ -163,14 +168,13 @@ def main():
     test = FashionMNIST(FashionMNIST.Config(type="fashion_mnist", channels=3)).load()
     with tempfile.TemporaryDirectory() as tmp:
         images_path = os.path.join(tmp, "images.npy")
-        np.save(images_path, np.asarray(test.validation.examples[:256], np.float32) / 255.0)
+        np.save(images_path, np.asarray(test.validation.examples[:ROWS], np.float32) / 255.0)
         shim = compile_shim(tmp)
-        workers = [Worker("without AVX", {k: found[k]["path"] for k in HIDDEN}, images_path,
-                          args.threads, shim),
-                   Worker("as is", {k: found[k]["path"] for k in AS_IS}, images_path,
-                          args.threads)]
+        paths = {k: found[k]["path"] for k in LABELS}
+        workers = [Worker("without AVX", paths, images_path, args.threads, shim),
+                   Worker("as is", paths, images_path, args.threads)]
         try:
-            report(workers, [int(b) for b in args.batch_sizes.split(",")], args)
+            report(workers, batch_sizes, args)
         finally:
             for w in workers:
                 w.close()
