@@ -1,6 +1,9 @@
 """The latency harness: what it records."""
 import time
 
+import numpy as np
+import pytest
+
 from tfdeploy import bench
 
 
@@ -58,3 +61,43 @@ def test_bench_cli_refuses_non_positive_settings(capsys, tmp_path):
     assert "--seconds 0.0: must be positive" in capsys.readouterr().err
     assert bench.main([str(model), "--batch_sizes=1,0"]) == 2
     assert "--batch_sizes '1,0': must be positive" in capsys.readouterr().err
+
+
+class Sleeper:
+    """An artifact whose call sleeps ``ms_per_token`` per token of its input."""
+
+    def __init__(self, name, ms_per_token):
+        self.name, self.ms_per_token = name, ms_per_token
+
+    def runner(self, threads):
+        return lambda tokens: time.sleep(tokens * self.ms_per_token / 1e3)
+
+
+def test_over_lengths_times_each_length_and_weights_by_its_share():
+    s = bench.Settings(batch_sizes=(1,), warmup_runs=1, warmup_seconds=0.0, runs=5,
+                       seconds=0.02, block=5, settle=0.0)
+    shares = {16: 0.25, 48: 0.75}
+    artifacts = [Sleeper("slow", 0.1), Sleeper("fast", 0.05)]
+    by_length, mix = bench.over_lengths(artifacts, s, shares, reference="slow",
+                                        make_inputs=lambda batch, seq: seq)
+    assert sorted(by_length) == [16, 48]
+    for name in ("slow", "fast"):
+        at = {n: by_length[n][name]["batch_1"]["median_ms"] for n in shares}
+        assert at[48] > at[16] >= 16 * dict(slow=0.1, fast=0.05)[name]
+        assert mix[name]["batch_1"]["median_ms"] == pytest.approx(0.25 * at[16] + 0.75 * at[48])
+    assert mix["slow"]["batch_1"]["ratio"] == 1.0
+    assert 0.3 < mix["fast"]["batch_1"]["ratio"] < 0.8
+
+
+def test_length_shares_are_the_padded_lengths_the_split_runs_at():
+    from tfdeploy.data.pipeline import EncodedSplit
+
+    class Plugin:
+        def encode(self, examples, max_length):
+            return {"input_ids": [np.ones(min(n, max_length), np.int32) for n in examples]}
+
+    class Split:
+        examples, labels = [3, 16, 17, 30, 40, 70], [0] * 6
+
+    split = EncodedSplit(Plugin(), Split(), max_length=64, buckets=[16, 32, 128])
+    assert split.length_shares() == {16: 2 / 6, 32: 2 / 6, 64: 2 / 6}

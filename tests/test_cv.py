@@ -346,3 +346,12 @@ def test_batch_norm_folding_is_exact_and_keeps_zeros():
     before = model.get_layer("block0_pw").get_weights()[0]
     after = folded.get_layer("block0_pw").get_weights()[0]
     assert np.array_equal(before == 0, after == 0)
+
+
+def test_benchmark_by_validation_lengths_needs_token_sequences(tmp_path):
+    bad = run_cli(recipe("cnn_tiny.yaml"), "--dry_run", "--output_dir", str(tmp_path),
+                  "--set", "benchmark.enabled=true", "--set", "benchmark.lengths=validation")
+    assert bad.returncode == 2, bad.stdout[-2000:] + bad.stderr[-2000:]
+    text = bad.stdout + bad.stderr
+    assert "benchmark.lengths" in text and "fixed-shape inputs" in text, text
+    assert "Traceback" not in text and not os.listdir(tmp_path)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT
 
 EVERY = 1.0
@@ -81,14 +83,19 @@ def test_benchmark_every_stage(tmp_path, sst2_dir):
                         "--set=benchmark.enabled=true", "--set=benchmark.stages=all",
                         "--set=benchmark.batch_sizes=[1]", "--set=benchmark.runs=5",
                         "--set=benchmark.seconds=0.2", "--set=benchmark.settle=0.05",
-                        "--set=benchmark.warmup_seconds=0.05")
+                        "--set=benchmark.warmup_seconds=0.05",
+                        "--set=benchmark.lengths=validation")
     (run_dir,) = (tmp_path / "runs" / "prog").iterdir()
     records = json.loads((run_dir / "metrics.json").read_text())["records"]
     timed = {(r["stage"], r["artifact"]) for r in records if r.get("latency")}
     assert timed == {(s, a) for s in ("train", "pruned")
                      for a in ("savedmodel", "tflite_dynamic_int8")}, timed
+    shares = {r["artifact"]: r["latency_settings"]["length_shares"] for r in records
+              if r.get("latency")}["savedmodel"]  # the validation split's padded lengths
+    assert set(shares) <= {"16", "32", "64"} and sum(shares.values()) == pytest.approx(1.0)
     assert (run_dir / "artifacts" / "train" / "prog.tflite_dynamic_int8.tflite").exists()
     report = (run_dir / "report.md").read_text()
+    assert "each padded length of the validation split timed" in report
     assert "| train | tflite_dynamic_int8 |" in report and "| pruned | tflite_dynamic_int8 |" \
         in report
     manifest = json.loads((tmp_path / "saved_models" / "prog" / "1" / "assets.extra" /

@@ -131,6 +131,28 @@ def benchmark(artifacts, s: Settings, reference="savedmodel", make_inputs=None):
     return results
 
 
+def over_lengths(artifacts, s: Settings, shares, reference="savedmodel", make_inputs=None):
+    """``benchmark`` at each padded length of ``shares`` ({length: share of the rows}, e.g.
+    a dataset's rows by bucket): ({length: results}, mix). In ``mix`` each artifact's
+    median and p90 per batch size are the lengths' weighted by their shares: the expected
+    latency of a batch drawn from that data (a batch holds rows of one padded length, as
+    the evaluator and the server batch them)."""
+    by_length = {length: benchmark(artifacts, dataclasses.replace(s, seq_length=length),
+                                   reference, make_inputs)
+                 for length in sorted(shares)}
+    mix = {}
+    for name, first in by_length[min(shares)].items():
+        for key in first:
+            mix.setdefault(name, {})[key] = {stat: sum(
+                share * by_length[length][name][key][stat] for length, share in shares.items())
+                for stat in ("median_ms", "p90_ms")}
+    base = mix.get(reference) or mix[artifacts[0].name]
+    for by_batch in mix.values():
+        for key, st in by_batch.items():
+            st["ratio"] = st["median_ms"] / base[key]["median_ms"]
+    return by_length, mix
+
+
 def main(argv=None):
     import argparse
 

@@ -180,9 +180,18 @@ def benchmark(recipe, context, artifacts, records):
     b = recipe.benchmark
     settings = bench.Settings(tuple(b.batch_sizes), b.seq_length, b.threads, b.warmup_runs,
                               b.warmup_seconds, b.runs, b.seconds, b.block, b.settle)
-    print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
-          f"seq {b.seq_length}, {b.threads} threads", flush=True)
-    latency = bench.benchmark(artifacts, settings, make_inputs=context.plugin.synthetic_inputs)
+    make_inputs = context.plugin.synthetic_inputs
+    if b.lengths == "validation":
+        shares = context.validation.length_shares()
+        print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, the "
+              f"validation split's lengths {shares}, {b.threads} threads", flush=True)
+        latency = bench.over_lengths(artifacts, settings, shares, make_inputs=make_inputs)[1]
+        lengths = {"length_shares": {str(n): share for n, share in shares.items()}}
+    else:
+        print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
+              f"seq {b.seq_length}, {b.threads} threads", flush=True)
+        latency = bench.benchmark(artifacts, settings, make_inputs=make_inputs)
+        lengths = {"seq_length": b.seq_length}
     for rec in records[-len(artifacts):]:
         rec["latency"] = latency[rec["artifact"]]
-        rec["latency_settings"] = {"seq_length": b.seq_length, "threads": b.threads}
+        rec["latency_settings"] = {**lengths, "threads": b.threads}

@@ -26,7 +26,7 @@ from tfdeploy.traits import Traits
 from tfdeploy import data as data_plugins
 from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
-from tfdeploy.errors import GateError, StageError, TfdeployError
+from tfdeploy.errors import GateError, RecipeError, StageError, TfdeployError
 from tfdeploy.recipe.schema import to_dict
 from tfdeploy.stages.teacher import check_teachers
 from tfdeploy.cache import STAGE_DONE, find_cached, is_finished
@@ -79,12 +79,21 @@ def prepare(recipe, opts):
                       encode_train=lambda split: encode_split(plugin, split, recipe.data,
                                                               augment))
     plugin.check_trainable([s.name for s in chosen])
+    check_benchmark(recipe, plugin)
     stages.check_strategy(stage_list, info)
     check_teachers(stage_list)
     for cfg, stage in stage_list:
         stage.check(context)
     check_output_paths(recipe, opts)
     return context, stage_list
+
+
+def check_benchmark(recipe, plugin):
+    b = recipe.benchmark
+    if b.enabled and b.lengths == "validation" and not plugin.sequence_input:
+        raise RecipeError([("benchmark.lengths", f"validation times the padded lengths of "
+                            f"token sequences; model type {recipe.model.type} takes "
+                            f"fixed-shape inputs (use fixed)", None)])
 
 
 def preflight(context, stage_list):

@@ -31,6 +31,12 @@ class EncodedSplit:
     def padded_length(self, length):
         return next(b for b in self.boundaries if length <= b)
 
+    def length_shares(self):
+        """{padded length: share of the rows}: the lengths this split is run at."""
+        padded = [self.padded_length(n) for n in self.lengths]
+        return {int(b): padded.count(b) / len(padded) for b in self.boundaries
+                if b in padded}
+
     def _features(self, ids, labels):
         return self.plugin.features(ids), labels
 

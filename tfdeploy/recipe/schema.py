@@ -130,6 +130,11 @@ class Benchmark:
                                    doc="Batch sizes to time.", unit="examples")
     seq_length: int = field(128, ge=2, le=4096, doc="Sequence length of the timed inputs.",
                             unit="tokens")
+    lengths: Literal["fixed", "validation"] = field(
+        "fixed", doc="fixed: every timed row is seq_length tokens. validation: each padded "
+                     "length the validation split runs at (data.buckets) is timed, and each "
+                     "artifact's median and p90 are weighted by that length's share of the "
+                     "rows: the latency of this data. Text models only.")
     threads: int = field(2, ge=1, le=1024, doc="Threads for every runtime (recorded).")
     runs: int = field(200, ge=1, le=10**6, doc="Timed calls per variant (or until `seconds`).")
     seconds: float = field(10.0, gt=0, le=3600, doc="Timed seconds per variant (or until `runs`).",

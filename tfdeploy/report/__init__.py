@@ -98,7 +98,7 @@ def artifact_section(summary):
         header += [f"b{b} median/p90 ms", f"b{b} ratio"]
     lines = ["## Artifacts", "", "Drop: against the fp32 baseline (first stage). Agreement and "
              "max diff: against the Keras model of the same stage. Latency ratio: median over "
-             "the TF SavedModel's.", "",
+             "the TF SavedModel's." + timed_at(records), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         size, gz = r.get("size_bytes"), r.get("gzip_bytes")
@@ -114,6 +114,23 @@ def artifact_section(summary):
                     fmt(lat and lat.get("ratio"), ".2f")]
         lines.append("| " + " | ".join(row) + " |")
     return lines + not_made_lines(keras)
+
+
+def timed_at(records):
+    """What the latency columns were measured at, in words."""
+    settings = next((r["latency_settings"] for r in records if r.get("latency_settings")),
+                    None)
+    if not settings:
+        return ""
+    threads = settings.get("threads")
+    if "length_shares" in settings:
+        mix = ", ".join(f"{n} tokens {share:.0%}" for n, share in
+                        settings["length_shares"].items())
+        return (f" Latency, {threads} threads: each padded length of the validation split "
+                f"timed, weighted by its share of the rows ({mix}).")
+    if settings.get("seq_length"):
+        return f" Latency: {settings['seq_length']} tokens a row, {threads} threads."
+    return ""
 
 
 def not_made_lines(keras_records):
