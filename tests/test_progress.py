@@ -93,6 +93,10 @@ def test_benchmark_every_stage(tmp_path, sst2_dir):
     shares = {r["artifact"]: r["latency_settings"]["length_shares"] for r in records
               if r.get("latency")}["savedmodel"]  # the validation split's padded lengths
     assert set(shares) <= {"16", "32", "64"} and sum(shares.values()) == pytest.approx(1.0)
+    for rec in (r for r in records if r.get("latency")):  # the mix of the lengths timed
+        by_length = {n: rec["latency_by_length"][n]["batch_1"]["median_ms"] for n in shares}
+        assert rec["latency"]["batch_1"]["median_ms"] == pytest.approx(
+            sum(shares[n] * by_length[n] for n in shares))
     assert (run_dir / "artifacts" / "train" / "prog.tflite_dynamic_int8.tflite").exists()
     report = (run_dir / "report.md").read_text()
     assert "each padded length of the validation split timed" in report

@@ -184,9 +184,15 @@ def benchmark(recipe, context, artifacts, records):
     if b.lengths == "validation":
         shares = context.validation.length_shares()
         print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, the "
-              f"validation split's lengths {shares}, {b.threads} threads", flush=True)
-        latency = bench.over_lengths(artifacts, settings, shares, make_inputs=make_inputs)[1]
+              f"validation split's lengths ("
+              f"{', '.join(f'{n} tokens {share:.1%}' for n, share in shares.items())}), "
+              f"{b.threads} threads", flush=True)
+        by_length, latency = bench.over_lengths(artifacts, settings, shares,
+                                                make_inputs=make_inputs)
         lengths = {"length_shares": {str(n): share for n, share in shares.items()}}
+        for rec in records[-len(artifacts):]:
+            rec["latency_by_length"] = {str(n): by_length[n][rec["artifact"]]
+                                        for n in by_length}
     else:
         print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
               f"seq {b.seq_length}, {b.threads} threads", flush=True)

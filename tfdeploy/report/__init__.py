@@ -98,7 +98,8 @@ def artifact_section(summary):
         header += [f"b{b} median/p90 ms", f"b{b} ratio"]
     lines = ["## Artifacts", "", "Drop: against the fp32 baseline (first stage). Agreement and "
              "max diff: against the Keras model of the same stage. Latency ratio: median over "
-             "the TF SavedModel's." + timed_at(records), "",
+             "the TF SavedModel's of the same stage (over its first artifact's when it made "
+             "no SavedModel)." + timed_at(records), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         size, gz = r.get("size_bytes"), r.get("gzip_bytes")
