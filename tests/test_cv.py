@@ -80,7 +80,9 @@ def test_tiny_cnn_every_format_every_stage(tiny_run):
     for name in ("tflite_int8", "onnx_static_int8"):  # calibrated on training images
         assert abs(train[name]["metrics"]["accuracy"] - keras_acc) < 0.03, name
     with open(os.path.join(run_dir, "report.md")) as f:
-        assert "- `tflite_fp16` after stage qat: a quantization-aware model" in f.read()
+        report = f.read()
+    assert "- `tflite_fp16` after stage qat: a quantization-aware model" in report
+    assert "Latency: 2 threads." in report and "tokens" not in report  # images, not text
 
 
 def test_pruned_for_xnnpack_and_stored_sparse(tiny_run):

@@ -193,11 +193,12 @@ def benchmark(recipe, context, artifacts, records):
         for rec in records[-len(artifacts):]:
             rec["latency_by_length"] = {str(n): by_length[n][rec["artifact"]]
                                         for n in by_length}
-    else:
+    else:  # seq_length means nothing to a model with fixed-shape inputs
+        lengths = {"seq_length": b.seq_length} if context.plugin.sequence_input else {}
         print(f"benchmark: {len(artifacts)} artifact(s), batch sizes {b.batch_sizes}, "
-              f"seq {b.seq_length}, {b.threads} threads", flush=True)
+              + "".join(f"seq {n}, " for n in lengths.values())
+              + f"{b.threads} threads", flush=True)
         latency = bench.benchmark(artifacts, settings, make_inputs=make_inputs)
-        lengths = {"seq_length": b.seq_length}
     for rec in records[-len(artifacts):]:
         rec["latency"] = latency[rec["artifact"]]
         rec["latency_settings"] = {**lengths, "threads": b.threads}

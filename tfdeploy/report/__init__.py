@@ -131,7 +131,7 @@ def timed_at(records):
                 f"timed, weighted by its share of the rows ({mix}).")
     if settings.get("seq_length"):
         return f" Latency: {settings['seq_length']} tokens a row, {threads} threads."
-    return ""
+    return f" Latency: {threads} threads."
 
 
 def not_made_lines(keras_records):
