@@ -129,8 +129,8 @@ def main():
         for name, by_batch in results.items():
             st = by_batch[key]
             ratio = st["median_ms"] / results["savedmodel"][key]["median_ms"]
-            print(f"  {name:22s} median {st['median_ms']:7.2f} ms  ratio to savedmodel "
-                  f"{ratio:.2f}")
+            print(f"  {name:22s} median {st['median_ms']:7.2f} ms  p90 {st['p90_ms']:7.2f} ms"
+                  f"  ratio to savedmodel {ratio:.2f}")
         for a, b in pairs:
             print(f"  {a} / {b}: {results[a][key]['median_ms'] / results[b][key]['median_ms']:.2f}")
 

@@ -37,7 +37,8 @@ def main():
     for key in results[WANTED[0]]:
         print(f"\n{key.replace('_', ' ')}, {where}, 2 threads")
         for name, by_batch in results.items():
-            print(f"  {name:22s} median {by_batch[key]['median_ms']:7.2f} ms")
+            st = by_batch[key]
+            print(f"  {name:22s} median {st['median_ms']:7.2f} ms  p90 {st['p90_ms']:7.2f} ms")
         for a, b in PAIRS:
             print(f"  {a} / {b}: {results[a][key]['median_ms'] / results[b][key]['median_ms']:.2f}")
     print(f"\nbytes tflite_int4 / tflite_fp32: {sizes['tflite_int4'] / sizes['tflite_fp32']:.3f}")
