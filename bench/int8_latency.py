@@ -47,17 +47,23 @@ def seq_length(text):
     return value
 
 
-def arguments(doc):
+def arguments(doc, batch_sizes="1,8", tokens=128, artifacts=None, more=()):
     """--runs_dir, --batch_sizes, --seq_length and --seconds, shared by the scripts reading
-    recipe runs."""
+    recipe runs; --artifacts where the script lets the user pick them; ``more``: (flag,
+    type, default) of a script's own flags."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
-    parser.add_argument("--batch_sizes", default="1,8")
-    parser.add_argument("--seq_length", type=seq_length, default=128,
+    parser.add_argument("--batch_sizes", default=batch_sizes)
+    if artifacts is not None:
+        parser.add_argument("--artifacts", default=artifacts,
+                            help="comma-separated artifact names of the run")
+    parser.add_argument("--seq_length", type=seq_length, default=tokens,
                         help="tokens per row, or dev: each padded length the run's validation "
                              "split (SST-2 dev) is run at, weighted by its share of the rows "
                              "(SST-2 dev: median 25 tokens with [CLS] and [SEP], 76%% within 32)")
     parser.add_argument("--seconds", type=float, default=10.0)
+    for flag, kind, default in more:
+        parser.add_argument(flag, type=kind, default=default)
     return parser.parse_args()
 
 
