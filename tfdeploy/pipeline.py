@@ -28,12 +28,16 @@ from tfdeploy.context import Context
 from tfdeploy.data.pipeline import encode_split
 from tfdeploy.errors import GateError, RecipeError, StageError, TfdeployError
 from tfdeploy.recipe.schema import to_dict
+from tfdeploy.keras3 import handoff
 from tfdeploy.stages.teacher import check_teachers
 from tfdeploy.cache import STAGE_DONE, find_cached, is_finished
 from tfdeploy.rundir import (atomic_write_json, atomic_write_text, environment,
                              remove_temp_files,
                              new_run_id, recipe_runs)
 
+
+
+HANDOFF_ROWS = 64  # validation rows a stage's Keras 3 copy is checked on
 
 
 @dataclasses.dataclass
@@ -209,7 +213,8 @@ def _run(recipe, opts, context, stage_list, model):
         published = publish_if_passed(recipe, context, artifacts, problems, records)
     summary = {"schema_version": 1, "recipe": recipe.name, "run_dir": run_dir,
                "seconds": round(time.time() - started, 1),
-               "strategy": context.strategy_info, "records": records}
+               "strategy": context.strategy_info, "model": context.plugin.describe(),
+               "records": records}
     if context.is_chief:
         write_report(summary, run_dir)
         if recipe.output.tensorboard:
@@ -254,7 +259,7 @@ def run_stages(recipe, opts, context, stage_list, model, records):
             result = run_stage(stage, cfg, model, context, digest)
             model, context.traits = result.model, result.traits
             with progress.heartbeat(f"stage {cfg.name}: evaluating"):
-                records.append(finish_stage(result, cfg, context, digest))
+                records.append(finish_stage(result, stage, cfg, context, digest))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
         if recipe.benchmark.stages == "all" and index < len(stage_list) - 1:
@@ -303,12 +308,19 @@ def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
     return cached
 
 
-def finish_stage(result, cfg, context, digest):
-    """Evaluate a stage's new model; the chief records it and marks the stage done."""
+def finish_stage(result, stage, cfg, context, digest):
+    """Evaluate a stage's new model; the chief records it, writes its Keras 3 copy and
+    marks the stage done."""
     rec, _ = evaluate.evaluate_keras(result.model, context, cfg.name)
     if result.report:
         rec["stage_report"] = result.report
     rec["traits"] = result.traits.to_dict()
+    if context.is_chief:
+        _, inputs = next(context.validation.numpy_batches(HANDOFF_ROWS))
+        plain = stage.plain_model(result.model)
+        keras3_copy = handoff.write(plain, context.plugin, context.stage_dir, inputs)
+        if keras3_copy:
+            rec["keras3"] = dict(keras3_copy, float_weights=plain is not result.model)
     print(f"stage {cfg.name}: validation {rec['metric']} {objectives.value(rec):.4f}",
           flush=True)
     if context.is_chief:

@@ -19,7 +19,8 @@ DataConfig.registry = DATA
 
 @dataclasses.dataclass
 class Split:
-    """Raw examples (texts, or arrays) and integer labels of one split."""
+    """Raw examples (texts, an array, or named columns of arrays) and integer labels of
+    one split."""
 
     examples: list
     labels: np.ndarray
@@ -28,12 +29,19 @@ class Split:
         return len(self.labels)
 
     def subset(self, indices):
-        examples = self.examples[indices] if isinstance(self.examples, np.ndarray) \
-            else [self.examples[i] for i in indices]
-        return Split(examples, self.labels[indices])
+        return Split(_rows(self.examples, indices), self.labels[indices])
 
     def take(self, n):
-        return Split(self.examples[:n], self.labels[:n]) if n and n < len(self) else self
+        return self.subset(np.arange(n)) if n and n < len(self) else self
+
+
+def _rows(examples, indices):
+    """The chosen rows of a list, an array, or named columns of arrays."""
+    if isinstance(examples, dict):
+        return {name: column[indices] for name, column in examples.items()}
+    if isinstance(examples, np.ndarray):
+        return examples[indices]
+    return [examples[i] for i in indices]
 
 
 @dataclasses.dataclass

@@ -1,5 +1,6 @@
 """`type: numpy`: arrays the user saved with ``np.savez``: inputs and integer labels by
-name, for their own Keras model (``model: {type: keras}``)."""
+name, for their own Keras model (``model: {type: keras}``). One input array (``x``), or
+several named columns (``columns``) for a model with several inputs."""
 import dataclasses
 import os
 import zipfile
@@ -20,6 +21,9 @@ class NumpyArrays(DataPlugin):
         validation: str = field(doc="Validation .npz file: reported on, never chooses.")
         x: str = field("x", doc="Name of the input array in each .npz.")
         y: str = field("y", doc="Name of the integer label array in each .npz.")
+        columns: List[str] = field(factory=list, doc="For a model with several inputs: the "
+                                                     "input arrays in each .npz, each a "
+                                                     "column by its name (replaces x).")
         label_names: List[str] = field(factory=list, doc="Class names in label-id order; "
                                                          "empty = 0 .. max label.")
 
@@ -33,18 +37,22 @@ class NumpyArrays(DataPlugin):
             raise DataError(f"{where}: no such file")
         try:  # allow_pickle=False: an object array would run code on loading
             with np.load(path, allow_pickle=False) as npz:
-                missing = [k for k in (cfg.x, cfg.y) if k not in npz.files]
+                names = list(cfg.columns) or [cfg.x]
+                missing = [k for k in names + [cfg.y] if k not in npz.files]
                 if missing:
                     raise DataError(f"{where}: no array named {', '.join(missing)} (it has "
-                                    f"{', '.join(npz.files) or 'none'}); set data.x / data.y")
-                x, y = npz[cfg.x], npz[cfg.y]
+                                    f"{', '.join(npz.files) or 'none'}); set data.x "
+                                    f"(or data.columns) / data.y")
+                columns, y = {k: npz[k] for k in names}, npz[cfg.y]
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
             raise DataError(f"{where}: not a readable .npz of plain arrays ({e})") from None
-        if len(x) != len(y) or y.ndim != 1:
-            raise DataError(f"{where}: {len(x)} inputs but labels of shape {y.shape}")
+        for name, x in columns.items():
+            if len(x) != len(y) or y.ndim != 1:
+                raise DataError(f"{where}: {len(x)} rows in {name} but labels of shape "
+                                f"{y.shape}")
         if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
             raise DataError(f"{where}: labels must be integer class ids >= 0 (got {y.dtype})")
-        return Split(x, y.astype(np.int32))
+        return Split(columns if cfg.columns else columns[cfg.x], y.astype(np.int32))
 
     def load(self):
         cfg = self.config

@@ -105,6 +105,15 @@ class ModelPlugin:
         name: "ids" | "mask" | "zeros"}, "files": {bundle file name: path}}``."""
         return None
 
+    def describe(self):
+        """What the report says of where the model came from (a dict; default empty)."""
+        return {}
+
+    def keras3_model(self, model):
+        """A stage's tf-keras ``model`` as a Keras 3 model, for a user who continues in
+        Keras 3; None when this model type has no Keras 3 form (the default)."""
+        return None
+
     def require(self, capability, what):
         """Refuse ``what`` clearly when this model type lacks ``capability``."""
         if capability not in self.capabilities:

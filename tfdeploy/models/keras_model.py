@@ -1,6 +1,10 @@
-"""`type: keras`: the user's own trained tf-keras model, from ``.keras``, ``.h5`` or a
-Keras SavedModel directory, or any SavedModel with a serving signature (Keras 3's
-``model.export()``, a TF graph): that one is post-training only (``graph_model``).
+"""`type: keras`: the user's own trained model: a Keras 3 or tf-keras ``.keras`` or ``.h5``
+file, a tf-keras SavedModel directory, or any SavedModel with a serving signature (Keras
+3's ``model.export()``, a TF graph; that one is post-training only).
+
+A Keras 3 model is rebuilt in tf-keras (:mod:`tfdeploy.keras3`) and checked on real
+training rows before any stage; one the bridge cannot rebuild takes the post-training path
+(exported to a SavedModel in-process). Each stage's model goes back to Keras 3 too.
 
 Loading never runs code from the file unless the recipe says ``unsafe: true``: ``.keras``
 loads with Keras' ``safe_mode``; ``.h5`` and SavedModel files are read first and refused
@@ -13,26 +17,25 @@ the SavedModel's signature still returns probabilities beside them.
 import dataclasses
 import importlib
 import os
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
-import tf_keras as keras
 
-from tfdeploy import checkpoint
-from tfdeploy.errors import CheckpointError
-from tfdeploy.models import MODELS, ModelPlugin, graph_model
+from tfdeploy import keras3
+from tfdeploy.errors import CheckpointError, DataError, StageError
+from tfdeploy.models import MODELS, ModelPlugin
+from tfdeploy.models.keras_sources import open_source
 from tfdeploy.recipe.fields import ModelConfig, field
-
-SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 @MODELS.register("keras")
 class KerasModel(ModelPlugin):
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
-        path: str = field(doc="The trained tf-keras model: a .keras or .h5 file, or a "
-                              "SavedModel directory (a non-Keras one: export stages only).")
+        path: str = field(doc="The trained model: a Keras 3 or tf-keras .keras or .h5 file, a "
+                              "tf-keras SavedModel directory, or any SavedModel with a "
+                              "serving signature (that one: export stages only).")
         custom_objects: List[str] = field(factory=list, doc="Custom layer classes as "
                                                             "module.Class; imported (their "
                                                             "code runs) because listed here.")
@@ -42,6 +45,10 @@ class KerasModel(ModelPlugin):
                                                       "tf-keras model: the signature to run.")
         output: str = field("", doc="For such a SavedModel: the signature output holding "
                                     "one value per class, when it has several.")
+        inputs: Dict[str, str] = field(factory=dict, doc="Model input name -> the data "
+                                                         "column (.npz array) it reads; an "
+                                                         "input not named here reads the "
+                                                         "column of its own name.")
 
         def check(self):
             for i, spec in enumerate(self.custom_objects):
@@ -51,32 +58,36 @@ class KerasModel(ModelPlugin):
     def __init__(self, config, num_labels):
         super().__init__(config, num_labels)
         self._where = f"model.path {config.path}"
-        model = self.build()
-        if len(model.inputs) != 1:
-            raise CheckpointError(f"{self._where}: the model has {len(model.inputs)} inputs; "
-                                  f"type keras takes single-input models (numpy or images "
-                                  f"data feed one array)")
-        width = model.outputs[0].shape[-1]
-        if len(model.outputs) != 1 or width != num_labels:
-            raise CheckpointError(f"{self._where}: the model outputs {width} values per "
+        self.source = open_source(config, self._where, self.custom_objects(), num_labels)
+        shapes = self.source.output_shapes()
+        if len(shapes) != 1 or shapes[0][-1] != num_labels:
+            raise CheckpointError(f"{self._where}: the model outputs "
+                                  f"{' and '.join(str(s[-1]) for s in shapes)} values per "
                                   f"example but the data has {num_labels} classes")
-        tensor = model.inputs[0]
-        self.input_name = model.input_names[0]
-        self.input_shape = tuple(tensor.shape[1:])
-        self.input_dtype = tensor.dtype
+        self.inputs = {name: (shape, tf.as_dtype(dtype))
+                       for name, (shape, dtype) in self.source.inputs().items()}
 
     @property
     def trainable(self):
-        """A SavedModel without Keras metadata is a graph: nothing can train it."""
-        return not is_graph(self.config.path)
+        return self.source.trainable
+
+    def check_trainable(self, stage_names):
+        if stage_names and self.source.refusal:
+            raise StageError(f"stages {', '.join(stage_names)}: {self.source.refusal}")
+        super().check_trainable(stage_names)
+
+    def adapt(self, task):
+        """Check, on real training rows, that the tf-keras model gives the user's outputs."""
+        self.source.check(self.encode(task.train.take(BRIDGE_ROWS).examples))
 
     def build(self):
-        cfg = self.config
-        if is_graph(cfg.path):
-            return graph_model.load(cfg.path, self._where, cfg.signature, cfg.output,
-                                    self.num_labels)
-        model = load(cfg.path, self._where, self.custom_objects(), cfg.unsafe)
-        return without_softmax(model)
+        return self.source.build()
+
+    def describe(self):
+        return self.source.describe()
+
+    def keras3_model(self, model):
+        return keras3.to_keras3(model, f"{self._where} (back to Keras 3)")
 
     def custom_objects(self):
         return import_classes(self.config.custom_objects, self._where)
@@ -88,47 +99,49 @@ class KerasModel(ModelPlugin):
         return [path]
 
     def encode(self, examples, max_length=None):
-        array = np.asarray(examples).astype(self.input_dtype.as_numpy_dtype)
-        return {self.input_name: array.reshape((-1, *self.input_shape))}
+        return {name: self._column(name, examples) for name in self.inputs}
+
+    def _column(self, name, examples):
+        """The array model input ``name`` reads: the one array, or its named column."""
+        shape, dtype = self.inputs[name]
+        if isinstance(examples, dict):
+            column = self.config.inputs.get(name, name)
+            if column not in examples:
+                raise DataError(f"model input {name!r} reads data column {column!r}, which "
+                                f"the data does not have (it has {', '.join(examples)}); "
+                                f"map it in model.inputs")
+            array, what = np.asarray(examples[column]), f"data column {column!r}"
+        elif len(self.inputs) == 1:
+            array, what = np.asarray(examples), "the data"
+        else:
+            raise DataError(f"{self._where}: the model has inputs {', '.join(self.inputs)} "
+                            f"but the data gives one array; name one .npz array per input "
+                            f"in data.columns")
+        return fit_shape(array, shape, what, name).astype(dtype.as_numpy_dtype)
 
     def input_specs(self):
-        return {self.input_name: tf.TensorSpec([None, *self.input_shape], self.input_dtype,
-                                               name=self.input_name)}
+        return {name: tf.TensorSpec([None, *shape], dtype, name=name)
+                for name, (shape, dtype) in self.inputs.items()}
 
     def synthetic_inputs(self, batch, seq_length=None, seed=0):
         rng = np.random.default_rng(seed)
-        shape = (batch, *self.input_shape)
-        return {self.input_name: rng.random(shape).astype(self.input_dtype.as_numpy_dtype)}
+        return {name: rng.random((batch, *[d or seq_length or 1 for d in shape]))
+                .astype(dtype.as_numpy_dtype) for name, (shape, dtype) in self.inputs.items()}
 
 
-def is_graph(path):
-    return os.path.isdir(path) and not os.path.exists(os.path.join(path, "keras_metadata.pb"))
+BRIDGE_ROWS = 64  # training rows the rebuilt model's outputs are compared on
 
 
-def load(path, where, custom_objects, unsafe):
-    """The model in ``path``, refusing stored code unless ``unsafe``."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"{where}: no such file or directory")
-    if os.path.isdir(path):
-        kind = "SavedModel"
-    elif path.endswith(SUFFIXES):
-        kind = "keras" if path.endswith(".keras") else "h5"
-    else:
-        raise CheckpointError(f"{where}: expected a .keras or .h5 file or a SavedModel "
-                              f"directory")
-    if not unsafe and kind != "keras":
-        checkpoint.refuse_stored_code(path, where)
-    options = {"safe_mode": not unsafe} if kind == "keras" else {}
-    try:
-        with keras.utils.custom_object_scope(custom_objects):
-            return keras.models.load_model(path, custom_objects=custom_objects, compile=False,
-                                           **options)
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = " (set unsafe: true only for a file you trust)" if "safe_mode" in str(e) else \
-            " (custom layers: list them in model.custom_objects)" if "Unknown" in str(e) \
-            else ""
-        raise CheckpointError(f"{where}: cannot load the model: {first}{hint}") from None
+def fit_shape(array, shape, what, name):
+    """``array`` rows as model input ``name`` takes them (a flat row reshaped when the
+    sizes agree; a free dimension takes the array's)."""
+    rows = array.shape[1:]
+    if len(rows) == len(shape) and all(d is None or d == r for d, r in zip(shape, rows)):
+        return array
+    if None not in shape and int(np.prod(rows)) == int(np.prod(shape)):
+        return array.reshape((-1, *shape))
+    raise DataError(f"{what} has rows shaped {rows}, which model input {name!r} "
+                    f"(shape {tuple(shape)}) cannot take")
 
 
 def import_classes(specs, where):
@@ -141,23 +154,3 @@ def import_classes(specs, where):
             raise CheckpointError(f"{where}: custom object {spec!r} cannot be imported "
                                   f"({e})") from None
     return found
-
-
-def without_softmax(model):
-    """``model`` with logits out: a final softmax (activation or layer) is taken off."""
-    last = model.layers[-1]
-    config = last.get_config()
-    if isinstance(last, (keras.layers.Softmax,)) or (
-            isinstance(last, keras.layers.Activation) and config.get("activation") == "softmax"):
-        return keras.Model(model.inputs, last.input, name=model.name)
-    if config.get("activation") == "softmax":
-        def linear(layer):
-            cfg = layer.get_config()
-            if layer is last:
-                cfg["activation"] = "linear"
-            return layer.__class__.from_config(cfg)
-
-        logits = keras.models.clone_model(model, clone_function=linear)
-        logits.set_weights(model.get_weights())
-        return logits
-    return model

@@ -65,7 +65,34 @@ def summary_section(summary):
     published = [r.get("published") for r in summary["records"] if r.get("published")]
     if published:
         lines.append(f"- Published for serving: `{published[0]}`.")
-    return lines
+    return lines + model_lines(summary.get("model") or {})
+
+
+def model_lines(model):
+    """Where the model came from, when that needs saying (a Keras 3 file)."""
+    if model.get("source") != "Keras 3":
+        return []
+    if not model.get("rebuilt"):
+        return [f"- Model: a Keras 3 file on the post-training path: {model.get('why')}"]
+    return [f"- Model: a Keras 3 file, rebuilt in tf-keras; its outputs match the Keras 3 "
+            f"model's to {model['max_difference']:.1e} on {model['rows']} training rows."]
+
+
+def keras3_lines(keras_records):
+    """Each stage's Keras 3 copy, or why it has none."""
+    lines = []
+    for rec in keras_records:
+        copy = rec.get("keras3")
+        if copy and copy.get("path"):
+            weights = " (float weights, fake quantization left out)" \
+                if copy.get("float_weights") else ""
+            which = "float " if copy.get("float_weights") else ""
+            lines.append(f"- {rec['stage']}: `{copy['path']}`{weights}; its outputs match "
+                         f"the stage's {which}tf-keras model to {copy['max_difference']:.1e} on "
+                         f"{copy['rows']} validation rows")
+        elif copy:
+            lines.append(f"- {rec['stage']}: none ({copy['skipped']})")
+    return ["", "Keras 3 files (each loads in plain Keras 3):", ""] + lines if lines else []
 
 
 def stage_section(summary):
@@ -83,7 +110,7 @@ def stage_section(summary):
                      f"{fmt(t.get('sparsity') or None, '.1%')}{pattern if t.get('sparsity') else ''}"
                      f" | {t.get('clusters') or ''} | {t.get('quantization_aware') or ''} | "
                      f"{'yes' if t.get('distilled') else ''} |")
-    return lines
+    return lines + keras3_lines(keras)
 
 
 def artifact_section(summary):

@@ -34,6 +34,11 @@ class Stage:
         traits (from ``context.traits``, the entering model's) and a report."""
         raise NotImplementedError
 
+    def plain_model(self, model):
+        """This stage's ``model`` in plain layers with its float weights, as a user continues
+        from it (its Keras 3 copy); the default is the model itself."""
+        return model
+
     def preflight(self, model, context):
         """[(layer name, what this stage will do to it or why it skips it)] for --dry_run."""
         return [(layer.name, "trained") for layer in model.layers if layer.trainable_weights]

@@ -432,6 +432,11 @@ class QAT(Stage):
     def teacher_spec(self):
         return self.config.teacher if self.config.alpha < 1 else None
 
+    def plain_model(self, model):
+        from tfdeploy.stages.qat_float import float_model
+
+        return float_model(model, self.load_scopes()[0])
+
     @classmethod
     def load_scopes(cls):
         def scope():

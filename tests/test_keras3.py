@@ -1,0 +1,217 @@
+"""Keras 3 models, trained and saved in plain Keras 3 processes (no TF_USE_LEGACY_KERAS) on
+real Fashion-MNIST and SST-2 rows, through train -> prune -> qat and every export; each
+stage's Keras 3 copy loads in a plain Keras 3 process and matches its tf-keras model."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfdeploy.data.fashion_mnist import FashionMNIST, read_idx
+
+from conftest import run_cli
+
+FORMATS = "[savedmodel, tflite_fp32, tflite_int8, onnx_fp32, onnx_int8]"
+STAGES = ("[{type: train, steps: 50, batch_size: 64, learning_rate: 5.0e-4}, "
+          "{type: prune, steps: 200, frequency: 20, final_sparsity: 0.5, min_weights: 100, "
+          "batch_size: 64, learning_rate: 1.0e-3}, "
+          "{type: qat, steps: 60, batch_size: 64, learning_rate: 1.0e-4}]")
+
+CNN = """
+import sys, numpy as np, keras
+keras.utils.set_random_seed(0)
+train, val = np.load(sys.argv[1] + "/train.npz"), np.load(sys.argv[1] + "/val.npz")
+L = keras.layers
+image = keras.Input((28, 28, 1), name="image")
+x = L.Conv2D(16, 3, padding="same", use_bias=False)(image)
+x = L.BatchNormalization()(x)
+x = L.Activation("relu")(x)
+y = L.SeparableConv2D(16, 3, padding="same", activation="relu")(x)
+x = L.Add()([x, y])
+x = L.MaxPooling2D()(x)
+x = L.Conv2D(32, 3, padding="same", activation="relu")(x)
+x = L.MaxPooling2D()(x)
+x = L.Concatenate()([L.GlobalAveragePooling2D()(x), L.Flatten()(x)])
+x = L.Dense(64, activation="gelu")(x)
+model = keras.Model(image, L.Dense(10, activation="softmax")(x))
+model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+model.fit(train["images"], train["labels"], epochs=4, batch_size=64, verbose=0)
+print("accuracy", model.evaluate(val["images"], val["labels"], verbose=0)[1])
+model.save(sys.argv[1] + "/cnn.keras")
+"""
+
+TWO_INPUTS = """
+import sys, numpy as np, keras
+keras.utils.set_random_seed(0)
+train, val = np.load(sys.argv[1] + "/train.npz"), np.load(sys.argv[1] + "/val.npz")
+L = keras.layers
+top, bottom = keras.Input((14, 28, 1), name="top"), keras.Input((14, 28, 1), name="bottom")
+conv = L.Conv2D(16, 3, activation="relu")  # shared: one layer called on both halves
+x = L.Concatenate()([L.Flatten()(L.MaxPooling2D()(conv(top))),
+                     L.Flatten()(L.MaxPooling2D()(conv(bottom)))])
+x = L.Dense(32, activation="relu")(x)
+model = keras.Model({"top": top, "bottom": bottom}, L.Dense(10, activation="softmax")(x))
+model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+halves = lambda d: {"top": d["upper"], "bottom": d["lower"]}
+model.fit(halves(train), train["labels"], epochs=2, batch_size=64, verbose=0)
+print("accuracy", model.evaluate(halves(val), val["labels"], verbose=0)[1])
+model.save(sys.argv[1] + "/two.keras")
+"""
+
+CUSTOM = """
+import sys, keras
+
+@keras.saving.register_keras_serializable(package="mine")
+class Doubling(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+inputs = keras.Input((28, 28, 1), name="image")
+x = Doubling(name="doubling")(keras.layers.Flatten()(inputs))
+keras.Model(inputs, keras.layers.Dense(10)(x)).save(sys.argv[1] + "/custom.keras")
+"""
+
+RELOAD = """
+import sys, numpy as np, keras
+model = keras.saving.load_model(sys.argv[1])
+rows = dict(np.load(sys.argv[2]))
+np.save(sys.argv[3], np.asarray(model(rows if len(model.inputs) > 1 else rows["image"])))
+"""
+
+
+def keras3(script, *args):
+    """Run ``script`` in a plain Keras 3 process (TF_USE_LEGACY_KERAS unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def fashion(tmp_path_factory):
+    """Real Fashion-MNIST rows as a user keeps them: .npz arrays, whole and in halves."""
+    tmp = tmp_path_factory.mktemp("keras3")
+    folder = FashionMNIST(FashionMNIST.Config(type="fashion_mnist")).find()
+
+    def arrays(prefix, count):
+        x = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"))[:count]
+        y = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"))[:count]
+        return (x[..., None] / 255.0).astype(np.float32), y.astype(np.int64)
+
+    for name, (x, y) in (("train", arrays("train", 3000)), ("val", arrays("t10k", 500))):
+        np.savez(tmp / f"{name}.npz", images=x, labels=y, upper=x[:, :14], lower=x[:, 14:])
+    return tmp
+
+
+def recipe(tmp, model, stages, formats=FORMATS, name="k3", data="x: images"):
+    path = tmp / f"{name}.yaml"
+    path.write_text(f"""name: {name}
+model: {{type: keras, path: {model}}}
+data: {{type: numpy, train: {tmp / 'train.npz'}, validation: {tmp / 'val.npz'},
+       {data}, y: labels}}
+stages: {stages}
+export: {{formats: {formats}, dir: {tmp / 'saved_models'}, calibration_examples: 50}}
+benchmark: {{batch_sizes: [1], runs: 10, seconds: 0.2, warmup_runs: 3, warmup_seconds: 0.05, settle: 0.05}}
+output: {{tensorboard: false}}
+""")
+    return str(path)
+
+
+def finished_run(tmp, name, proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp / "runs" / name).iterdir()
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def check_run(tmp, name, proc, trained, rows):
+    """Every artifact within 2 points of the user's Keras 3 model; the bridge within 1e-5;
+    the pruned stage's Keras 3 file, loaded in a plain Keras 3 process, gives its tf-keras
+    model's outputs."""
+    from tfdeploy import checkpoint
+    from tfdeploy.strategy import for_loading  # noqa: F401
+    import tensorflow as tf
+
+    run_dir, summary = finished_run(tmp, name, proc)
+    assert summary["model"]["source"] == "Keras 3" and summary["model"]["rebuilt"]
+    assert summary["model"]["max_difference"] <= 1e-5, summary["model"]
+    records = summary["records"]
+    stages = [r for r in records if r["artifact"] == "keras"]
+    assert [r["stage"] for r in stages] == ["train", "prune", "qat"]
+    assert stages[1]["traits"]["sparsity"] >= 0.45
+    for rec in stages:
+        assert rec["keras3"]["max_difference"] <= 1e-5, rec["keras3"]
+    artifacts = [r for r in records if r["artifact"] != "keras"]
+    assert {r["artifact"] for r in artifacts} == set(FORMATS.strip("[]").split(", "))
+    for rec in artifacts:
+        assert rec["metrics"]["accuracy"] >= trained - 0.02, (rec, trained)
+    np.savez(tmp / "rows.npz", **rows)
+    keras3(RELOAD, run_dir / "1-prune" / "model.keras", tmp / "rows.npz", tmp / "out.npy")
+    pruned = checkpoint.load(str(run_dir / "1-prune"), tf.distribute.get_strategy())
+    expected = pruned(rows if len(rows) > 1 else rows["image"], training=False).numpy()
+    assert np.abs(np.load(tmp / "out.npy") - expected).max() <= 1e-5
+    assert "Keras 3" in (run_dir / "report.md").read_text()
+
+
+def test_keras3_cnn_through_every_stage_and_export(fashion):
+    trained = float(keras3(CNN, fashion).split("accuracy")[-1])
+    proc = run_cli(recipe(fashion, fashion / "cnn.keras", STAGES),
+                   f"--output_dir={fashion / 'runs'}")
+    rows = {"image": np.load(fashion / "val.npz")["images"][:32]}
+    check_run(fashion, "k3", proc, trained, rows)
+
+
+def test_keras3_two_input_model(fashion):
+    trained = float(keras3(TWO_INPUTS, fashion).split("accuracy")[-1])
+    model = fashion / "two.keras"
+    mapped = recipe(fashion, f"{model}, inputs: {{top: upper, bottom: lower}}", STAGES,
+                    name="k3two", data="columns: [upper, lower]")
+    proc = run_cli(mapped, f"--output_dir={fashion / 'runs'}")
+    val = np.load(fashion / "val.npz")
+    check_run(fashion, "k3two", proc, trained,
+              {"top": val["upper"][:32], "bottom": val["lower"][:32]})
+
+
+def test_keras3_custom_layer_is_named_and_takes_the_post_training_path(fashion, tmp_path):
+    keras3(CUSTOM, tmp_path)
+    model = f"{tmp_path / 'custom.keras'}, custom_objects: [keras3_custom.Doubling]"
+    (tmp_path / "keras3_custom.py").write_text(CUSTOM.split("inputs =")[0].replace(
+        "import sys, keras", "import keras"))
+    env = {"PYTHONPATH": str(tmp_path)}
+    refused = run_cli(recipe(fashion, model, "[{type: prune, steps: 5}]", name="k3custom"),
+                      "--dry_run", env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    (line,) = [l for l in refused.stderr.splitlines() if l.startswith("error:")]
+    assert "'doubling' (Doubling)" in line and "custom layer" in line, line
+    assert "post-training" in line and "inbound_nodes" not in refused.stderr
+    proc = run_cli(recipe(fashion, model, "[]", "[tflite_fp32, onnx_fp32]", name="k3ptq"),
+                   f"--output_dir={tmp_path / 'runs'}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "k3ptq").iterdir()
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["model"]["rebuilt"] is False
+    assert [r["artifact"] for r in summary["records"]] == ["keras", "tflite_fp32", "onnx_fp32"]
+    assert all(r["agreement"] == 1.0 for r in summary["records"][1:])
+
+
+def test_keras3_custom_layer_without_its_class_is_one_line(fashion, tmp_path):
+    keras3(CUSTOM, tmp_path)
+    proc = run_cli(recipe(fashion, tmp_path / "custom.keras", "[]", name="k3nocls"),
+                   "--dry_run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "custom.keras" in line and "custom_objects" in line and "{" not in line, line
+
+
+def test_broken_keras3_files_are_one_line(fashion, tmp_path):
+    good = (fashion / "cnn.keras").read_bytes() if (fashion / "cnn.keras").exists() else None
+    cases = {"truncated.keras": (good or b"PK\x03\x04")[:200], "text.keras": b"not a zip"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        proc = run_cli(recipe(fashion, tmp_path / name, "[]", name="broken"), "--dry_run")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+        assert name in line and ".keras archive" in line, line
