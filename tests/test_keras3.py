@@ -61,6 +61,25 @@ print("accuracy", model.evaluate(halves(val), val["labels"], verbose=0)[1])
 model.save(sys.argv[1] + "/two.keras")
 """
 
+TEXT = """
+import sys, numpy as np, keras
+keras.utils.set_random_seed(0)
+train, val = np.load(sys.argv[1] + "/sst2_train.npz"), np.load(sys.argv[1] + "/sst2_val.npz")
+L = keras.layers
+ids = keras.Input((32,), dtype="int32", name="ids")
+x = L.Embedding(int(sys.argv[2]), 32)(ids)
+attended = L.MultiHeadAttention(num_heads=2, key_dim=16)(x, x)
+x = L.LayerNormalization()(L.Add()([x, attended]))
+x = L.GlobalAveragePooling1D()(x)
+x = L.Dense(32, activation="gelu")(x)
+model = keras.Model(ids, L.Dense(2, activation="softmax")(x))
+model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+model.fit(train["ids"], train["labels"], epochs=2, batch_size=64, verbose=0)
+print("accuracy", model.evaluate(val["ids"], val["labels"], verbose=0)[1])
+model.save(sys.argv[1] + "/text.keras")
+"""
+
 CUSTOM = """
 import sys, keras
 
@@ -78,7 +97,7 @@ RELOAD = """
 import sys, numpy as np, keras
 model = keras.saving.load_model(sys.argv[1])
 rows = dict(np.load(sys.argv[2]))
-np.save(sys.argv[3], np.asarray(model(rows if len(model.inputs) > 1 else rows["image"])))
+np.save(sys.argv[3], np.asarray(model(rows if len(rows) > 1 else next(iter(rows.values())))))
 """
 
 
@@ -151,7 +170,8 @@ def check_run(tmp, name, proc, trained, rows):
     np.savez(tmp / "rows.npz", **rows)
     keras3(RELOAD, run_dir / "1-prune" / "model.keras", tmp / "rows.npz", tmp / "out.npy")
     pruned = checkpoint.load(str(run_dir / "1-prune"), tf.distribute.get_strategy())
-    expected = pruned(rows if len(rows) > 1 else rows["image"], training=False).numpy()
+    expected = pruned(rows if len(rows) > 1 else next(iter(rows.values())),
+                      training=False).numpy()
     assert np.abs(np.load(tmp / "out.npy") - expected).max() <= 1e-5
     assert "Keras 3" in (run_dir / "report.md").read_text()
 
@@ -173,6 +193,45 @@ def test_keras3_two_input_model(fashion):
     val = np.load(fashion / "val.npz")
     check_run(fashion, "k3two", proc, trained,
               {"top": val["upper"][:32], "bottom": val["lower"][:32]})
+
+
+def tokenized_sst2(sst2_dir, folder, rows=8000, length=32, vocab_size=8000):
+    """SST-2 rows as token ids in .npz files: a word vocabulary of the training rows (0 pads,
+    1 is an unknown word), each sentence cut or padded to ``length``."""
+    import collections
+    import csv
+
+    def read(name):
+        with open(os.path.join(sst2_dir, name), encoding="utf-8") as f:
+            return [(r["sentence"].split(), int(r["label"]))
+                    for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+
+    train, val = read("train.tsv")[:rows], read("dev.tsv")
+    counts = collections.Counter(w for words, _ in train for w in words)
+    vocab = {w: i + 2 for i, (w, _) in enumerate(counts.most_common(vocab_size - 2))}
+
+    def arrays(split, name):
+        ids = np.zeros((len(split), length), np.int32)
+        for row, (words, _) in enumerate(split):
+            tokens = [vocab.get(w, 1) for w in words][:length]
+            ids[row, :len(tokens)] = tokens
+        np.savez(folder / name, ids=ids, labels=np.array([y for _, y in split], np.int64))
+
+    arrays(train, "sst2_train.npz")
+    arrays(val, "sst2_val.npz")
+    return vocab_size
+
+
+def test_keras3_text_classifier(fashion, sst2_dir):
+    vocab_size = tokenized_sst2(sst2_dir, fashion)
+    trained = float(keras3(TEXT, fashion, vocab_size).split("accuracy")[-1])
+    path = recipe(fashion, fashion / "text.keras", STAGES, name="k3text", data="x: ids")
+    path_text = open(path).read().replace("train.npz", "sst2_train.npz").replace(
+        "val.npz", "sst2_val.npz")
+    open(path, "w").write(path_text)
+    proc = run_cli(path, f"--output_dir={fashion / 'runs'}")
+    check_run(fashion, "k3text", proc, trained,
+              {"ids": np.load(fashion / "sst2_val.npz")["ids"][:32]})
 
 
 def test_keras3_custom_layer_is_named_and_takes_the_post_training_path(fashion, tmp_path):
@@ -207,8 +266,9 @@ def test_keras3_custom_layer_without_its_class_is_one_line(fashion, tmp_path):
 
 
 def test_broken_keras3_files_are_one_line(fashion, tmp_path):
-    good = (fashion / "cnn.keras").read_bytes() if (fashion / "cnn.keras").exists() else None
-    cases = {"truncated.keras": (good or b"PK\x03\x04")[:200], "text.keras": b"not a zip"}
+    keras3(CUSTOM, tmp_path)
+    good = (tmp_path / "custom.keras").read_bytes()
+    cases = {"truncated.keras": good[:len(good) // 2], "text.keras": b"not a zip"}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         proc = run_cli(recipe(fashion, tmp_path / name, "[]", name="broken"), "--dry_run")

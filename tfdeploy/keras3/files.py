@@ -44,6 +44,8 @@ def load(path, where, custom_objects, unsafe):
     """The Keras 3 model in ``path``; stored code never runs unless ``unsafe``."""
     import keras
 
+    if path.endswith(".keras"):
+        check_classes(stored_layers(path, where), where, custom_objects, unsafe)
     try:
         return keras.saving.load_model(path, custom_objects=custom_objects, compile=False,
                                        safe_mode=not unsafe)
@@ -52,6 +54,50 @@ def load(path, where, custom_objects, unsafe):
             raise
         raise CheckpointError(f"{where}: Keras 3 cannot load the model: {first_line(e)}"
                               f"{hint(e)}") from None
+
+
+def stored_layers(path, where):
+    """[(name, class name, module, registered name)] of every layer the archive's
+    config.json describes, nested ones included; read as JSON, nothing built."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except KeyError:
+        raise CheckpointError(f"{where}: a .keras archive without config.json") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{where}: not a readable .keras archive ({e})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{where}: the archive's config.json is not JSON") from None
+    found, stack = [], [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node and isinstance(node.get("config"), dict) and \
+                    "inbound_nodes" in node:
+                found.append((node.get("name") or node["config"].get("name"),
+                              node["class_name"], node.get("module") or "",
+                              node.get("registered_name")))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def check_classes(layers, where, custom_objects, unsafe):
+    """Refuse, by layer name, what Keras 3 could not load safely: a Lambda (unless
+    ``unsafe``) or a custom class that ``custom_objects`` does not provide."""
+    for name, class_name, module, registered in layers:
+        if class_name == "Lambda" and not unsafe:
+            raise CheckpointError(f"{where}: layer {name!r} (Lambda) holds Python code, "
+                                  f"which runs only with model.unsafe: true (for a file you "
+                                  f"trust)")
+        custom = registered or not module.startswith("keras")
+        if custom and class_name not in custom_objects and \
+                (registered or "").split(">")[-1] not in custom_objects:
+            origin = f"registered as {registered}" if registered else f"module {module}"
+            raise CheckpointError(f"{where}: layer {name!r} ({class_name}, {origin}) is a "
+                                  f"custom class; list it in model.custom_objects to load "
+                                  f"the model")
 
 
 def first_line(error):
