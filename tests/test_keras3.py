@@ -268,10 +268,59 @@ def test_keras3_custom_layer_without_its_class_is_one_line(fashion, tmp_path):
 def test_broken_keras3_files_are_one_line(fashion, tmp_path):
     keras3(CUSTOM, tmp_path)
     good = (tmp_path / "custom.keras").read_bytes()
-    cases = {"truncated.keras": good[:len(good) // 2], "text.keras": b"not a zip"}
+    cases = {"truncated.keras": good[:len(good) // 2], "text.keras": b"not a zip",
+             "mismatch.keras": mismatched(tmp_path / "custom.keras")}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         proc = run_cli(recipe(fashion, tmp_path / name, "[]", name="broken"), "--dry_run")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-        assert name in line and ".keras archive" in line, line
+        assert name in line and ("archive" in line or "weights" in line), line
+        assert "{" not in line, line
+
+
+def mismatched(path):
+    """The archive with its Dense layer made wider in config.json than its stored weights
+    (and no custom layer): a file whose weights do not match its config."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                layers = config["config"]["layers"]
+                config["config"]["layers"] = [l for l in layers if l["class_name"] != "Doubling"]
+                for layer in config["config"]["layers"]:
+                    if layer["class_name"] == "Dense":
+                        layer["config"]["units"] = 12
+                        layer["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = \
+                            "flatten"
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    return out.getvalue()
+
+
+def test_keras3_model_object_through_the_python_api(fashion, tmp_path):
+    """A Keras 3 model object (this process: ``import keras`` is Keras 3 beside tf-keras)
+    handed to tfdeploy.api.run: trained, exported and evaluated as from a file."""
+    import keras
+
+    from tfdeploy import api
+
+    train = np.load(fashion / "train.npz")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1), name="image"), keras.layers.Flatten(),
+                              keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")], name="mine")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(train["images"], train["labels"], epochs=1, batch_size=64, verbose=0)
+    path = recipe(fashion, "unused.keras", "[{type: train, steps: 10, batch_size: 64}]",
+                  "[tflite_fp32]", name="k3api")
+    summary = api.run(path, model=model, output_dir=str(tmp_path / "runs"))
+    assert summary["model"]["rebuilt"] and summary["model"]["max_difference"] <= 1e-5
+    records = summary["records"]
+    assert [r["artifact"] for r in records] == ["keras", "tflite_fp32"]
+    assert records[1]["agreement"] >= 0.99 and records[1]["metrics"]["accuracy"] > 0.6

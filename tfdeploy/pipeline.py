@@ -315,7 +315,7 @@ def finish_stage(result, stage, cfg, context, digest):
     if result.report:
         rec["stage_report"] = result.report
     rec["traits"] = result.traits.to_dict()
-    if context.is_chief:
+    if context.is_chief and "keras3" in context.plugin.capabilities:
         _, inputs = next(context.validation.numpy_batches(HANDOFF_ROWS))
         plain = stage.plain_model(result.model)
         keras3_copy = handoff.write(plain, context.plugin, context.stage_dir, inputs)

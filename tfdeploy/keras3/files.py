@@ -50,8 +50,6 @@ def load(path, where, custom_objects, unsafe):
         return keras.saving.load_model(path, custom_objects=custom_objects, compile=False,
                                        safe_mode=not unsafe)
     except Exception as e:  # Keras 3 raises bare Exceptions for a file it cannot rebuild
-        if isinstance(e, (KeyboardInterrupt, MemoryError)):
-            raise
         raise CheckpointError(f"{where}: Keras 3 cannot load the model: {first_line(e)}"
                               f"{hint(e)}") from None
 
@@ -102,8 +100,10 @@ def check_classes(layers, where, custom_objects, unsafe):
 
 def first_line(error):
     """The error's first line, without the whole config Keras appends to some messages."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    line = lines[0] if lines else type(error).__name__
+    if "could not be loaded" in line and len(lines) > 1:  # the reason is on the next line
+        line = f"its stored weights do not fit its config: {lines[1]}"
     for marker in (" Full object config", " using config=", " config={"):
         line = line.split(marker)[0]
     return line[:300].rstrip(" :.,")

@@ -11,15 +11,13 @@ FILE = "model.keras"
 
 def write(model, plugin, folder, inputs):
     """Write ``model`` (tf-keras) as a Keras 3 file in ``folder``; a dict for the stage's
-    record (the file, relative to the run directory, and its largest output difference on
-    ``inputs``), or None when the model type has no Keras 3 form."""
+    record: the file, relative to the run directory, and its largest output difference on
+    ``inputs``; or why there is none (a layer the bridge cannot rebuild)."""
     try:
         converted = plugin.keras3_model(model)
     except CheckpointError as e:
         print(f"  no Keras 3 file: {e}", flush=True)
         return {"skipped": str(e)}
-    if converted is None:
-        return None
     path = files.save(converted, os.path.join(folder, FILE))
     reloaded = files.load(path, path, {}, unsafe=False)
     difference = max_difference(model, reloaded, inputs)

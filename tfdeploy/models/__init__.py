@@ -26,7 +26,8 @@ class ModelPlugin:
     (ONNX Runtime fusions). Capabilities some stages need are named in ``capabilities``;
     a plugin without one refuses it with a clear message: ``student_layers`` (a student
     from chosen teacher layers), ``hidden_states`` (for hidden-state distillation),
-    ``augment`` (a perturbed copy of a batch).
+    ``augment`` (a perturbed copy of a batch), ``keras3`` (each stage's model also written
+    as a Keras 3 file).
     """
 
     Config = ModelConfig
@@ -111,8 +112,8 @@ class ModelPlugin:
 
     def keras3_model(self, model):
         """A stage's tf-keras ``model`` as a Keras 3 model, for a user who continues in
-        Keras 3; None when this model type has no Keras 3 form (the default)."""
-        return None
+        Keras 3 (capability ``keras3``)."""
+        self.require("keras3", "a Keras 3 copy of the model")
 
     def require(self, capability, what):
         """Refuse ``what`` clearly when this model type lacks ``capability``."""

@@ -55,6 +55,8 @@ class KerasModel(ModelPlugin):
                 if "." not in spec.strip("."):
                     yield (("custom_objects", i), f"{spec!r} is not module.Class")
 
+    capabilities = frozenset({"keras3"})
+
     def __init__(self, config, num_labels):
         super().__init__(config, num_labels)
         self._where = f"model.path {config.path}"
