@@ -104,7 +104,7 @@ def first_line(error):
     line = lines[0] if lines else type(error).__name__
     if "could not be loaded" in line and len(lines) > 1:  # the reason is on the next line
         line = f"its stored weights do not fit its config: {lines[1]}"
-    for marker in (" Full object config", " using config=", " config={"):
+    for marker in (" Full object config", " using config=", " config={", " Target variable"):
         line = line.split(marker)[0]
     return line[:300].rstrip(" :.,")
 
