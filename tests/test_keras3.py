@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +94,15 @@ x = Doubling(name="doubling")(keras.layers.Flatten()(inputs))
 keras.Model(inputs, keras.layers.Dense(10)(x)).save(sys.argv[1] + "/custom.keras")
 """
 
+LAMBDA = """
+import sys, keras
+inputs = keras.Input((28, 28, 1), name="image")
+x = keras.layers.Lambda(lambda t: t * 2.0, name="twice")(keras.layers.Flatten()(inputs))
+keras.Model(inputs, keras.layers.Dense(10)(x)).save(sys.argv[1] + "/lambda.keras")
+"""
+
+CUSTOM_CLASS = CUSTOM.split("inputs =")[0].replace("import sys, keras", "import keras")
+
 RELOAD = """
 import sys, numpy as np, keras
 model = keras.saving.load_model(sys.argv[1])
@@ -151,7 +161,6 @@ def check_run(tmp, name, proc, trained, rows):
     the pruned stage's Keras 3 file, loaded in a plain Keras 3 process, gives its tf-keras
     model's outputs."""
     from tfdeploy import checkpoint
-    from tfdeploy.strategy import for_loading  # noqa: F401
     import tensorflow as tf
 
     run_dir, summary = finished_run(tmp, name, proc)
@@ -237,8 +246,7 @@ def test_keras3_text_classifier(fashion, sst2_dir):
 def test_keras3_custom_layer_is_named_and_takes_the_post_training_path(fashion, tmp_path):
     keras3(CUSTOM, tmp_path)
     model = f"{tmp_path / 'custom.keras'}, custom_objects: [keras3_custom.Doubling]"
-    (tmp_path / "keras3_custom.py").write_text(CUSTOM.split("inputs =")[0].replace(
-        "import sys, keras", "import keras"))
+    (tmp_path / "keras3_custom.py").write_text(CUSTOM_CLASS)
     env = {"PYTHONPATH": str(tmp_path)}
     refused = run_cli(recipe(fashion, model, "[{type: prune, steps: 5}]", name="k3custom"),
                       "--dry_run", env=env)
@@ -272,11 +280,30 @@ def test_broken_keras3_files_are_one_line(fashion, tmp_path):
              "mismatch.keras": mismatched(tmp_path / "custom.keras")}
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-        proc = run_cli(recipe(fashion, tmp_path / name, "[]", name="broken"), "--dry_run")
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+        line = refusal(recipe(fashion, tmp_path / name, "[]", name="broken"))
         assert name in line and ("archive" in line or "weights" in line), line
-        assert "{" not in line, line
+    keras3(LAMBDA, tmp_path)
+    line = refusal(recipe(fashion, tmp_path / "lambda.keras", "[]", name="lam"))
+    assert "'twice' (Lambda)" in line and "unsafe" in line, line
+    np.savez(tmp_path / "train.npz", images=np.zeros((4, 28, 28, 1), np.float32),
+             labels=np.array([0, 1, 0, 1]))  # two classes; the model gives ten values
+    np.savez(tmp_path / "val.npz", images=np.zeros((2, 28, 28, 1), np.float32),
+             labels=np.array([0, 1]))
+    model = f"{tmp_path / 'custom.keras'}, custom_objects: [keras3_custom.Doubling]"
+    line = refusal(recipe(tmp_path, model, "[]", name="width"),
+                   env={"PYTHONPATH": str(tmp_path)}, module=True)
+    assert "outputs 10 values per example but the data has 2 classes" in line, line
+
+
+def refusal(path, env=None, module=False):
+    """The one error line of a --dry_run that must refuse (exit 2, no traceback)."""
+    if module:
+        (Path(path).parent / "keras3_custom.py").write_text(CUSTOM_CLASS)
+    proc = run_cli(path, "--dry_run", env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "{" not in line and len(line) < 600, line
+    return line
 
 
 def mismatched(path):

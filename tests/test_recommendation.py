@@ -326,7 +326,7 @@ def test_ranker_on_other_data_is_refused(tmp_path, sst2_dir):
     proc = run_cli(os.path.join(ROOT, "recipes", "tiny.yaml"), "--dry_run",
                    "--set=model={type: ranker}", f"--output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "model ranker: the data has no feature user_id, item_id" in proc.stderr
+    assert "model type ranker takes tables, but data type sst2 gives text" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

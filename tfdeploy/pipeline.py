@@ -68,6 +68,7 @@ def prepare(recipe, opts):
         stages.check_parameter_server(stage_list)  # before waiting for the cluster
     strategy, info = strategies.create(recipe.distribution, opts.strategy or None)
     source = data_plugins.create(recipe.data, recipe.seed)
+    models.check_data(recipe.model, recipe.data.type, source.gives)
     task = source.load()
     data_files = source.files()
     plugin = models.create(recipe.model, task.num_labels)

@@ -74,6 +74,7 @@ class TextDataConfig(DataConfig):
 
 class DataPlugin:
     Config = DataConfig
+    gives = "arrays"  # what the examples are: text, images, arrays or tables (see models)
 
     def __init__(self, config, seed=0):
         self.config, self.seed = config, seed

@@ -14,14 +14,18 @@ import gzip
 import os
 import subprocess
 import tempfile
+import zlib
 
 import numpy as np
 
 from tfdeploy.data import DATA, DataPlugin, Split, Task
 from tfdeploy.data.augment import ImageAugmentation
+from tfdeploy import files
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
 
+NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+         "t10k-labels-idx1-ubyte")
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
           "bag", "ankle-boot"]
 
@@ -30,9 +34,13 @@ def read_idx(path):
     """An IDX array (the MNIST file format): magic, dims, then big-endian data."""
     for candidate in (path, path + ".gz"):
         if os.path.exists(candidate):
-            opener = gzip.open if candidate.endswith(".gz") else open
-            with opener(candidate, "rb") as f:
-                data = f.read()
+            data = files.read_bytes(candidate, "Fashion-MNIST file")
+            if candidate.endswith(".gz"):
+                try:
+                    data = gzip.decompress(data)
+                except (OSError, EOFError, zlib.error) as e:
+                    raise DataError(f"Fashion-MNIST file {candidate}: not a complete gzip "
+                                    f"file ({e})") from None
             break
     else:
         raise DataError(f"Fashion-MNIST file missing: {path}[.gz] (install Debian's "
@@ -67,6 +75,8 @@ def fetch_debian_package(dest):
 
 @DATA.register("fashion_mnist")
 class FashionMNIST(DataPlugin):
+    gives = "images"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(DataConfig, ImageAugmentation):
         dir: str = field("/usr/share/datasets/fashion-mnist", doc="Folder with the IDX files.")
@@ -82,8 +92,11 @@ class FashionMNIST(DataPlugin):
 
     def find(self):
         d = self.config.dir
-        if os.path.exists(os.path.join(d, "train-labels-idx1-ubyte.gz")) or \
-                os.path.exists(os.path.join(d, "train-labels-idx1-ubyte")):
+        if os.path.isdir(d):  # a folder that is there is the one to read: never another
+            missing = [n for n in NAMES if not any(os.path.exists(os.path.join(d, n + gz))
+                                                   for gz in ("", ".gz"))]
+            if missing:
+                raise DataError(f"Fashion-MNIST folder {d}: no {', '.join(missing)}[.gz]")
             return d
         from tfdeploy.wheels import cache_dir
 
@@ -94,8 +107,7 @@ class FashionMNIST(DataPlugin):
 
     def files(self):
         d, found = self.find(), []
-        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        for name in NAMES:
             path = os.path.join(d, name)
             found.append(path if os.path.exists(path) else path + ".gz")
         return found

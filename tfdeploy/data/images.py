@@ -2,20 +2,25 @@
 ``image_dataset_from_directory`` reads them), decoded and resized with TensorFlow."""
 import dataclasses
 import os
+import re
 from typing import List, Literal, Optional
 
 import numpy as np
 
 from tfdeploy.data import DATA, DataPlugin, Split, Task
 from tfdeploy.data.augment import ImageAugmentation
+from tfdeploy import files
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_LIMIT = 256 << 20  # one image file
 
 
 @DATA.register("images")
 class ImageFolders(DataPlugin):
+    gives = "images"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(DataConfig, ImageAugmentation):
         train: str = field(doc="Folder with one subfolder of images per class.")
@@ -72,11 +77,14 @@ class ImageFolders(DataPlugin):
         channels = 3 if cfg.color_mode == "rgb" else 1
         images, labels = [], []
         for path, label in self.paths(root, names):
+            data = files.read_bytes(path, "image", limit=IMAGE_LIMIT)
             try:
-                image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                           expand_animations=False)
-            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-                raise DataError(f"{path}: not a readable image ({e.message})") from None
+                image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+            except tf.errors.OpError as e:
+                # TF prefixes the op's graph node and appends the op name: not the cause
+                cause = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", e.message)
+                raise DataError(f"image {path}: not a readable image "
+                                f"({cause.splitlines()[0][:200]})") from None
             image = tf.image.resize(image, cfg.image_size)
             images.append(image.numpy() * cfg.scale + cfg.offset)
             labels.append(label)

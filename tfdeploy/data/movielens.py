@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from tfdeploy import objectives, wheels
+from tfdeploy import files, objectives, wheels
 from tfdeploy.data import DATA, DataPlugin, Split, Task
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
@@ -35,28 +35,23 @@ FEATURES = [name for name in EXAMPLE.names if name != "timestamp"]
 def read_atomic(path, columns):
     """{column: [values]} from a RecBole atomic file (tab-separated, typed header such as
     ``user_id:token``); a bad row is an error naming file and line."""
-    if not os.path.isfile(path):
-        raise DataError(f"MovieLens file missing: {path}")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            header = [h.split(":")[0] for h in f.readline().rstrip("\n").split("\t")]
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise DataError(f"{path}:1: header has no column {', '.join(missing)} "
-                                f"(it has {', '.join(header)})")
-            where = [header.index(c) for c in columns]
-            out = {c: [] for c in columns}
-            for number, line in enumerate(f, 2):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != len(header):
-                    raise DataError(f"{path}:{number}: expected {len(header)} tab-separated "
-                                    f"fields ({', '.join(header)}), found {len(fields)}")
-                for c, i in zip(columns, where):
-                    out[c].append((number, fields[i].strip()))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
+    lines = [line.rstrip("\r") for line in files.read_text(path, "MovieLens file").split("\n")]
+    header = [h.split(":")[0] for h in lines[0].split("\t")]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: header has no column {', '.join(missing)} "
+                        f"(it has {', '.join(header)})")
+    where = [header.index(c) for c in columns]
+    out = {c: [] for c in columns}
+    for number, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{number}: expected {len(header)} tab-separated "
+                            f"fields ({', '.join(header)}), found {len(fields)}")
+        for c, i in zip(columns, where):
+            out[c].append((number, fields[i].strip()))
     return out
 
 
@@ -69,6 +64,8 @@ def number(path, line, column, text, kind=float):
 
 @DATA.register("movielens")
 class MovieLens(DataPlugin):
+    gives = "tables"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(DataConfig):
         dir: str = field("", doc="Folder with ml-100k.inter/.user/.item; empty = fetch "

@@ -2,19 +2,21 @@
 name, for their own Keras model (``model: {type: keras}``). One input array (``x``), or
 several named columns (``columns``) for a model with several inputs."""
 import dataclasses
-import os
 import zipfile
 from typing import List
 
 import numpy as np
 
 from tfdeploy.data import DATA, DataPlugin, Split, Task
+from tfdeploy import files
 from tfdeploy.errors import DataError
 from tfdeploy.recipe.fields import DataConfig, field
 
 
 @DATA.register("numpy")
 class NumpyArrays(DataPlugin):
+    gives = "arrays"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(DataConfig):
         train: str = field(doc="Training .npz file.")
@@ -33,8 +35,9 @@ class NumpyArrays(DataPlugin):
     def read(self, path):
         cfg = self.config
         where = f"data file {path}"
-        if not os.path.isfile(path):
-            raise DataError(f"{where}: no such file")
+        files.checked(path, "data file")
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{where}: not an .npz archive (np.savez writes one)")
         try:  # allow_pickle=False: an object array would run code on loading
             with np.load(path, allow_pickle=False) as npz:
                 names = list(cfg.columns) or [cfg.x]

@@ -46,6 +46,8 @@ def download(dest):
 
 @DATA.register("sst2")
 class SST2(DataPlugin):
+    gives = "text"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(TextDataConfig):
         dir: Optional[str] = field(None, doc="Folder with train.tsv and dev.tsv; default "

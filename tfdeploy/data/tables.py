@@ -3,6 +3,7 @@ import csv
 import json
 import os
 
+from tfdeploy import files
 from tfdeploy.errors import DataError
 
 
@@ -19,36 +20,35 @@ def detect_format(path, fmt="auto"):
 
 def read_rows(path, fmt):
     """Yield (line number, dict) per data row."""
-    if not os.path.exists(path):
-        raise DataError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-        if fmt == "jsonl":
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object per line")
-                yield number, row
-            return
-        # GLUE's TSVs are unquoted: a quote character is part of the sentence.
-        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
-                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file (expected a header row)") from None
-        header = [h.strip() for h in header]
-        for number, fields in enumerate(reader, 2):
-            if not fields:
+    text = files.read_text(path, "data file")
+    if fmt == "jsonl":
+        for number, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
                 continue
-            if len(fields) != len(header):
-                raise DataError(f"{path}:{number}: expected {len(header)} fields "
-                                f"({', '.join(header)}), found {len(fields)}")
-            yield number, dict(zip(header, fields))
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{number}: JSON nested too deeply") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object per line")
+            yield number, row
+        return
+    # GLUE's TSVs are unquoted: a quote character is part of the sentence.
+    rows = files.csv_rows(text, path, "data file", "\t" if fmt == "tsv" else ",",
+                          csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    header = next(rows, None)
+    if header is None:
+        raise DataError(f"{path}: empty file (expected a header row)")
+    header = [h.strip() for h in header[1]]
+    for number, fields in rows:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{number}: expected {len(header)} fields "
+                            f"({', '.join(header)}), found {len(fields)}")
+        yield number, dict(zip(header, fields))
 
 
 def read_labelled(path, fmt, text_column, label_column):

@@ -11,6 +11,8 @@ from tfdeploy.recipe.fields import field
 
 @DATA.register("text")
 class TextClassification(DataPlugin):
+    gives = "text"
+
     @dataclasses.dataclass(kw_only=True)
     class Config(TextDataConfig):
         train: str = field(doc="Training file (.csv, .tsv, .jsonl).")

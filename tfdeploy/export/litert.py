@@ -20,11 +20,11 @@ The converter writes embedding lookups as GATHER, which the quantizer's dynamic 
 weight-only modes do not quantize; :func:`gathers_as_lookups` rewrites a GATHER of a constant
 table into the EMBEDDING_LOOKUP op they do (exact: same rows, same shapes).
 """
-import json
 import re
 
 import numpy as np
 
+from tfdeploy import files
 from tfdeploy.export import Format, int4_kernels, register
 from tfdeploy.rundir import atomic_write_bytes
 
@@ -166,13 +166,7 @@ class UserRecipe(QuantizerFormat):
 def load_recipe(path):
     """A recipe JSON file: a list of rules with regex, operation and algorithm_key. Raises
     ValueError naming the file and what is wrong."""
-    try:
-        with open(path) as f:
-            recipe = json.load(f)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the quantizer recipe ({e.strerror})") from e
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from e
+    recipe = files.read_json(path, "quantizer recipe", ValueError)
     if not isinstance(recipe, list) or not recipe:
         raise ValueError(f"{path}: a quantizer recipe is a non-empty JSON list of rules")
     for i, entry in enumerate(recipe):

@@ -31,6 +31,7 @@ class ModelPlugin:
     """
 
     Config = ModelConfig
+    takes = frozenset()          # data kinds it encodes (a DataPlugin's ``gives``); empty: any
     sequence_input = False       # batches bucketed by length (token ids)
     capabilities = frozenset()
     trainable = True             # False: a graph without layers, post-training path only
@@ -149,6 +150,15 @@ class ImageInputs:
 
         rng = np.random.default_rng(seed)
         return {"image": rng.random((batch, *self.config.input_shape), np.float32)}
+
+
+def check_data(config, data_type, gives):
+    """Refuse, before any file is read, a data source whose examples the model cannot
+    encode (an image model fed text)."""
+    takes = MODELS.get(config.type).takes
+    if takes and gives not in takes:
+        raise StageError(f"model type {config.type} takes {' or '.join(sorted(takes))}, "
+                         f"but data type {data_type} gives {gives}")
 
 
 def create(config, num_labels):

@@ -10,7 +10,6 @@ The graph uses only real Keras layers for weights (``Embedding``, ``Dense``,
 weight matrix; the small weightless pieces live in :mod:`tfdeploy.models.bert_layers`.
 """
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Dict, List, Literal, Optional
@@ -19,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfdeploy import files
 from tfdeploy.errors import CheckpointError, StageError
 from tfdeploy.models import MODELS, ModelPlugin
 from tfdeploy.models import checkpoints
@@ -51,13 +51,7 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"not UTF-8 ({e.reason})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+        raw = files.read_json_object(path, "checkpoint file", CheckpointError)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})
 
@@ -188,12 +182,15 @@ def hf_weight_map(cfg: BertConfig, layers: List[int]):
 def read_state_dict(path):
     from safetensors.numpy import load_file
 
+    files.checked(path, "checkpoint file", CheckpointError)
     try:
         tensors = load_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file missing: {path}") from None
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+        raise CheckpointError(f"checkpoint file {path}: not a readable safetensors file "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
     out = {}
     for name, value in tensors.items():
         # Checkpoints saved from BertFor* models prefix names with "bert."; old ones say gamma.
@@ -223,16 +220,17 @@ def load_hf_weights(model, state, cfg: BertConfig, layers, source):
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
+VOCAB_LIMIT = 64 << 20  # a WordPiece vocabulary is a few hundred KiB
+
+
 class BertTokenizer:
     """WordPiece from vocab.txt via the ``tokenizers`` package: [CLS] text [SEP]."""
 
     def __init__(self, vocab_path, lowercase=True, max_length=128):
         from tokenizers import BertWordPieceTokenizer
 
-        if not os.path.exists(vocab_path):
-            raise CheckpointError(f"vocabulary file missing: {vocab_path}")
-        with open(vocab_path, encoding="utf-8") as f:
-            self.vocab_size = sum(1 for _ in f)
+        text = files.read_text(vocab_path, "vocabulary file", CheckpointError, VOCAB_LIMIT)
+        self.vocab_size = text.count("\n") + (not text.endswith("\n"))
         self.vocab_path, self.lowercase, self.max_length = vocab_path, lowercase, max_length
         self._tok = BertWordPieceTokenizer(vocab_path, lowercase=lowercase,
                                            strip_accents=lowercase)
@@ -283,8 +281,8 @@ def pad_batch(ids, length, pad_id=0):
 def _lowercase(directory):
     path = os.path.join(directory, "tokenizer_config.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return bool(json.load(f).get("do_lower_case", True))
+        config = files.read_json_object(path, "checkpoint file", CheckpointError)
+        return bool(config.get("do_lower_case", True))
     return True
 
 
@@ -325,6 +323,8 @@ def from_pretrained(name_or_path, layers=None):
 # -- recipe plugin -----------------------------------------------------------------------------
 @MODELS.register("bert")
 class Bert(ModelPlugin):
+    takes = frozenset({"text"})
+
     """BERT sequence classifier: pretrained encoder + pooling + dropout + dense head."""
 
     sequence_input = True  # token ids: batches are bucketed by length

@@ -12,6 +12,8 @@ from tfdeploy.recipe.fields import ModelConfig, field
 
 @MODELS.register("cnn")
 class CNN(ImageInputs, ModelPlugin):
+    takes = frozenset({"images", "arrays"})
+
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         input_shape: List[int] = field(factory=lambda: [28, 28, 1], doc="Image height, width, "

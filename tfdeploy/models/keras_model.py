@@ -31,6 +31,8 @@ from tfdeploy.recipe.fields import ModelConfig, field
 
 @MODELS.register("keras")
 class KerasModel(ModelPlugin):
+    takes = frozenset({"arrays", "images"})
+
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         path: str = field(doc="The trained model: a Keras 3 or tf-keras .keras or .h5 file, a "

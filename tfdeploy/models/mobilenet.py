@@ -26,6 +26,8 @@ DEFAULT_BLOCKS = [[64, 1], [128, 1], [128, 1], [256, 2], [256, 1], [512, 1]]
 
 @MODELS.register("mobilenet")
 class MobileNet(ImageInputs, ModelPlugin):
+    takes = frozenset({"images", "arrays"})
+
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         input_shape: List[int] = field(factory=lambda: [28, 28, 3], doc="Image height, "

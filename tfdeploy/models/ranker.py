@@ -50,6 +50,8 @@ class Vocabularies:
 
 @MODELS.register("ranker")
 class Ranker(ModelPlugin):
+    takes = frozenset({"tables"})
+
     @dataclasses.dataclass(kw_only=True)
     class Config(ModelConfig):
         embedding_dim: int = field(64, ge=1, le=4096, doc="Width of the user and item "

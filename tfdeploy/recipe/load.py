@@ -18,6 +18,7 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 MAX_BYTES = 1 << 20          # 1 MiB of YAML
 MAX_DEPTH = 32               # nesting of mappings and lists
 MAX_VALUES = 100_000         # values after aliases are expanded ("billion laughs")
+MAX_REFERENCE_CHAIN = 64     # ${} references followed one through another
 PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
               ("map", "seq", "str", "int", "float", "bool", "null")}
 
@@ -36,11 +37,17 @@ def read_text(path):
     if len(data) > MAX_BYTES:
         raise TfdeployError(f"recipe {path}: larger than {MAX_BYTES} bytes; not a recipe?")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise RecipeError([("", f"not UTF-8 text (byte {e.start}: {data[e.start]:#04x}); "
                                 f"save the recipe as UTF-8", f"{path}:{line}")]) from None
+    if not text.strip():
+        raise TfdeployError(f"recipe {path}: is empty")
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise RecipeError([("", "a NUL byte (a binary file?)", f"{path}:{line}")])
+    return text
 
 
 def compose(text, path):
@@ -49,7 +56,8 @@ def compose(text, path):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
-        raise RecipeError([("", f"invalid YAML: {getattr(e, 'problem', e)}", where)]) from None
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise RecipeError([("", f"invalid YAML: {problem}", where)]) from None
     except RecursionError:
         raise RecipeError([("", f"nested more than the YAML reader can follow (a recipe "
                                 f"needs at most {MAX_DEPTH} levels)", path)]) from None
@@ -158,6 +166,13 @@ def resolve_references(tree, locations):
                 return None
         if ref in stack:
             problems.append((format_path(at), f"${{{ref}}} refers to itself", locations.get(at)))
+            return None
+        if len(stack) >= MAX_REFERENCE_CHAIN:
+            if any("a chain of more than" in message for _, message, _ in problems):
+                return None  # one such chain is named: the others repeat it
+            problems.append((format_path(at), f"a chain of more than {MAX_REFERENCE_CHAIN} "
+                             f"${{}} references (${{{stack[0]}}} -> ${{{stack[1]}}} -> ... -> "
+                             f"${{{ref}}})", locations.get(at)))
             return None
         return resolve(node, at, stack + (ref,))
 

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 
-from tfdeploy import objectives
+from tfdeploy import files, objectives
 
 FOLDER = os.path.join("assets.extra", "tfdeploy")
 MANIFEST = "serving.json"
@@ -65,9 +65,8 @@ def read(version_dir):
     if not os.path.exists(path):
         return {"schema_version": 1, "labels": None, "artifacts": {"savedmodel": {
             "runtime": "tf"}}, "text": None}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), dict):
+    data = files.read_json_object(path, "serving manifest", ValueError)
+    if not isinstance(data.get("artifacts"), dict):
         raise ValueError(f"{path}: not a tfdeploy serving manifest")
     return data
 

@@ -10,7 +10,10 @@ import dataclasses
 import os
 from typing import List, Literal
 
+from tfdeploy import files
 from tfdeploy.recipe.fields import field
+
+CONFIG_LIMIT = 16 << 20  # a server config file is a few KiB
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -102,10 +105,10 @@ def read_batching(path):
     from google.protobuf import text_format
 
     msg = batching_proto_class()()
+    text = files.read_text(path, "--batching_parameters_file", ValueError, CONFIG_LIMIT)
     try:
-        with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), msg)
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as e:
         raise ValueError(f"--batching_parameters_file {path}: {e}") from None
     b = Batching()
     for fname in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
@@ -137,10 +140,10 @@ def read_models_config(path):
     from tensorflow_serving.config import model_server_config_pb2 as pb
 
     config = pb.ModelServerConfig()
+    text = files.read_text(path, "--model_config_file", ValueError, CONFIG_LIMIT)
     try:
-        with open(path, encoding="utf-8") as f:
-            text_format.Parse(f.read(), config)
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
         raise ValueError(f"--model_config_file {path}: {e}") from None
     out = []
     for model in config.model_config_list.config:
