@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from tfdeploy import cache, evaluate, pipeline, publish
+from tfdeploy import cache, evaluate, pipeline, publish, stage_runs
 from tfdeploy.recipe import load_recipe
 from tfdeploy.run import execute
 
@@ -386,7 +386,7 @@ def test_second_run_of_a_training_stage_is_refused_while_the_first_holds_it(fuzz
     with open(context.backup_dir + ".lock", "a") as other:  # the first run, training
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(pipeline.TfdeployError, match="another run is training"):
-            with pipeline.backup_lock(context):
+            with stage_runs.backup_lock(context):
                 pass
-    with pipeline.backup_lock(context):  # free again
+    with stage_runs.backup_lock(context):  # free again
         pass

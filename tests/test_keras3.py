@@ -144,7 +144,8 @@ data: {{type: numpy, train: {tmp / 'train.npz'}, validation: {tmp / 'val.npz'},
        {data}, y: labels}}
 stages: {stages}
 export: {{formats: {formats}, dir: {tmp / 'saved_models'}, calibration_examples: 50}}
-benchmark: {{batch_sizes: [1], runs: 10, seconds: 0.2, warmup_runs: 3, warmup_seconds: 0.05, settle: 0.05}}
+benchmark: {{batch_sizes: [1], runs: 10, seconds: 0.2, warmup_runs: 3, warmup_seconds: 0.05,
+            settle: 0.05}}
 output: {{tensorboard: false}}
 """)
     return str(path)

@@ -105,7 +105,8 @@ def test_qat_self_distillation(tmp_path, small_bert_dir):
 def test_prune_cluster_qat_chain_keeps_zeros_and_clusters(tmp_path, small_bert_dir):
     """PCQAT on BERT: after prune -> cluster, qat picks the sparsity-and-cluster preserving
     scheme and the int8 TFLite weights keep the zeros and at most 16 values per channel.
-    (With TFMOT's shared quantizer object the zeros were lost; see qat._Registry.)"""
+    (With TFMOT's shared quantizer object the zeros were lost; see
+    tfdeploy.stages.qat.scheme._Registry.)"""
     context, chain, model = run_chain(
         tmp_path, small_bert_dir,
         "[{type: prune, steps: 8, frequency: 2, final_sparsity: 0.5, min_weights: 0, "
@@ -192,7 +193,7 @@ def test_calibrated_ranges_follow_activations_beyond_six():
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from tfdeploy.stages import qat_ranges
+    from tfdeploy.stages.qat import ranges as qat_ranges
 
     rng = np.random.default_rng(0)
     inputs = keras.Input((16,), name="x")
@@ -225,7 +226,7 @@ def test_per_tensor_qat_keeps_one_range_a_conv_and_reloads(tmp_path):
     import tf_keras as keras
 
     from tfdeploy import checkpoint
-    from tfdeploy.stages import qat
+    from tfdeploy.stages.qat import scheme as schemes, stage
     from tfdeploy.traits import Traits
 
     inputs = keras.Input((8, 8, 3), name="image")
@@ -237,7 +238,7 @@ def test_per_tensor_qat_keeps_one_range_a_conv_and_reloads(tmp_path):
     for scheme in ("default", "prune_preserve", "cluster_preserve"):
         shapes = {}
         for per_tensor in (False, True):
-            _, chosen = qat.scheme_for(scheme, Traits(), (), per_tensor)
+            _, chosen = schemes.scheme_for(scheme, Traits(), (), per_tensor)
             quantized = tfmot.quantization.keras.quantize_apply(
                 tfmot.quantization.keras.quantize_annotate_model(model), chosen)
             shapes[per_tensor] = {w.name.split("/")[0]: tuple(w.shape)
@@ -250,7 +251,7 @@ def test_per_tensor_qat_keeps_one_range_a_conv_and_reloads(tmp_path):
         folder.mkdir()
         checkpoint.save(quantized, str(folder))
         loaded = checkpoint.load(str(folder), tf.distribute.get_strategy(),
-                                 scopes=qat.QAT.load_scopes())
+                                 scopes=stage.QAT.load_scopes())
         assert {w.name.split("/")[0]: tuple(w.shape) for w in loaded.weights
                 if "kernel_min" in w.name} == shapes[True]
         np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())
@@ -266,8 +267,8 @@ def test_a_finished_stage_that_does_not_load_back_runs_again(tmp_path, capsys):
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from tfdeploy import checkpoint, pipeline
-    from tfdeploy.stages import qat
+    from tfdeploy import checkpoint, pipeline, stage_runs
+    from tfdeploy.stages.qat import scheme as schemes, stage
     from tfdeploy.traits import Traits
 
     inputs = keras.Input((8, 8, 3), name="image")
@@ -277,13 +278,13 @@ def test_a_finished_stage_that_does_not_load_back_runs_again(tmp_path, capsys):
                                     plugin=types.SimpleNamespace(custom_objects=dict))
     cfg = types.SimpleNamespace(name="qat")
     for scheme, loads in (("default", True), ("cluster_preserve", False)):
-        _, chosen = qat.scheme_for(scheme, Traits())
+        _, chosen = schemes.scheme_for(scheme, Traits())
         quantized = tfmot.quantization.keras.quantize_apply(
             tfmot.quantization.keras.quantize_annotate_model(model), chosen)
         folder = tmp_path / scheme
         folder.mkdir()
         checkpoint.save(quantized, str(folder))
-        loaded = pipeline.load_stage_output(str(folder), cfg, context, qat.QAT.load_scopes())
+        loaded = stage_runs.load_stage_output(str(folder), cfg, context, stage.QAT.load_scopes())
         assert (loaded is not None) == loads, scheme
     assert "does not load (Weight count mismatch" in capsys.readouterr().out
 
@@ -299,7 +300,7 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     from tfdeploy import checkpoint
-    from tfdeploy.stages import qat
+    from tfdeploy.stages.qat import scheme as schemes, stage
     from tfdeploy.traits import Traits
 
     inputs = keras.Input((8, 8, 3), name="image")
@@ -312,7 +313,7 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
     images = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
     for scheme in ("default", "prune_preserve", "cluster_preserve"):
         for per_tensor in (False, True):
-            _, chosen = qat.scheme_for(scheme, Traits(), (), per_tensor)
+            _, chosen = schemes.scheme_for(scheme, Traits(), (), per_tensor)
             quantized = tfmot.quantization.keras.quantize_apply(
                 tfmot.quantization.keras.quantize_annotate_model(model), chosen)
             weights = {w.name for w in quantized.get_layer("quant_depthwise").weights}
@@ -320,7 +321,7 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
             assert not any("post_activation" in w for w in weights), (scheme, weights)
             ranges = {tuple(w.shape) for w in quantized.get_layer("quant_depthwise").weights
                       if "kernel_min" in w.name}
-            _, tfmot_own = qat.scheme_for(scheme, Traits(), (), per_tensor, relu_weights=False)
+            _, tfmot_own = schemes.scheme_for(scheme, Traits(), (), per_tensor, relu_weights=False)
             float_weights = tfmot.quantization.keras.quantize_apply(
                 tfmot.quantization.keras.quantize_annotate_model(model), tfmot_own)
             assert not any("kernel_min" in w.name
@@ -328,7 +329,7 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
             # per channel, TFMOT ranges a depthwise kernel over its last axis (the
             # multiplier, 1 here); the converter then scales each channel
             assert ranges == ({()} if per_tensor else {(1,)}), (scheme, per_tensor, ranges)
-    _, chosen = qat.scheme_for("default", Traits(), (), True)
+    _, chosen = schemes.scheme_for("default", Traits(), (), True)
     quantized = tfmot.quantization.keras.quantize_apply(
         tfmot.quantization.keras.quantize_annotate_model(model), chosen)
     quantized(images)
@@ -344,7 +345,7 @@ def test_a_conv_before_a_quantized_relu_keeps_quantized_weights(tmp_path):
     folder.mkdir()
     checkpoint.save(quantized, str(folder))
     loaded = checkpoint.load(str(folder), tf.distribute.get_strategy(),
-                             scopes=qat.QAT.load_scopes())
+                             scopes=stage.QAT.load_scopes())
     np.testing.assert_array_equal(loaded(images).numpy(), quantized(images).numpy())
 
 
@@ -355,7 +356,7 @@ def test_pass_through_layers_of_a_model_with_reused_layers_get_output_quantizers
     and ORT ran the last conv in float)."""
     import tf_keras as keras
 
-    from tfdeploy.stages.qat import feeders
+    from tfdeploy.stages.qat.graph import feeders
 
     image = keras.Input((8, 8, 3), name="image")
     x = keras.layers.Conv2D(4, 1, name="conv")(image)

@@ -69,3 +69,12 @@ def calibrate(quantized, float_model, batches):
         max_var.assign(np.full(max_var.shape, hi, np.float32))
         chosen[layer.name] = (round(lo, 4), round(hi, 4))
     return chosen
+
+
+def calibrate_ranges(quantized, float_model, context, batch_size, batches=16):
+    """Activation ranges from the float model on ``batches`` training batches."""
+    data = context.train.train_dataset(batch_size, context.seed).take(batches)
+    chosen = calibrate(quantized, float_model, (x for x, _ in data))
+    print(f"  calibrated {len(chosen)} activation ranges on {batches} training batches",
+          flush=True)
+    return chosen
