@@ -51,6 +51,9 @@ def publish(saved_model_dir, root, name, version=0, add=None):
 
 
 def next_version(folder):
+    """One above the highest numeric version directory in ``folder`` (TF Serving layout)."""
+    if not os.path.isdir(folder):
+        return 1
     versions = [int(d) for d in os.listdir(folder) if d.isdigit()]
     return max(versions, default=0) + 1
 

@@ -166,14 +166,6 @@ def input_specs(path):
     raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
 
 
-def next_version(root):
-    """One above the highest numeric version directory under ``root`` (TF Serving layout)."""
-    if not os.path.isdir(root):
-        return 1
-    versions = [int(d) for d in os.listdir(root) if d.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def dir_size(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
                for f in files)
@@ -187,4 +179,3 @@ def _load_formats():
 
 _load_formats()
 FORMATS = names()
-FLOAT_FORMATS = tuple(n for n in FORMATS if _FORMATS[n].is_float)

@@ -10,7 +10,8 @@ import tempfile
 import tensorflow as tf
 
 from tfdeploy import objectives
-from tfdeploy.export import Format, next_version, register
+from tfdeploy.export import Format, register
+from tfdeploy.publish import next_version
 from tfdeploy.rundir import atomic_dir
 
 DEFAULT, IDS = "serving_default", "serving_ids"
