@@ -111,6 +111,8 @@ FILES = {
     "arch negative": (b"base: tiny.yaml\nmodel: {checkpoint: null, vocab: minilm-l6, "
                       b"architecture: {hidden_size: -12}}\n", "hidden_size"),
     "cnn with text": (b"base: tiny.yaml\nmodel: {type: cnn}\n", "model"),
+    "teacher with alpha 1": (b"base: tiny.yaml\nstages: [{type: qat, teacher: nosuchstage}]\n",
+                             "teacher"),
 }
 
 

@@ -161,5 +161,21 @@ def fit_distilled(student, teacher, context, cfg, callbacks=(), hidden=None, aug
     return fit(distiller, context, cfg, callbacks, compile_fn=compile_distiller)
 
 
+def fit_maybe_distilled(model, entering, context, cfg, stage, callbacks=(),
+                        gradient_hook=None):
+    """Fit ``model`` as a stage with :class:`~tfdeploy.stages.teacher.Distillation` fields
+    says: on labels alone (alpha 1), or also on a KL to its teacher (by default
+    ``entering``, the model entering the stage). Returns what the report adds."""
+    if cfg.alpha == 1:
+        fit(model, context, cfg, callbacks)
+        return {}
+    from tfdeploy.stages.teacher import load_teacher
+
+    teacher = load_teacher(cfg.teacher, entering, context, stage)
+    history = fit_distilled(model, teacher, context, cfg, callbacks,
+                            gradient_hook=gradient_hook)
+    return {"kl_to_teacher": kl_first_last(history)}
+
+
 def kl_first_last(history):
     return [history["kl"][0], history["kl"][-1]]

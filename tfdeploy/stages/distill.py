@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.stages import STAGES, Stage
 from tfdeploy.distillation import HiddenStates, fit_distilled, kl_first_last
-from tfdeploy.stages.teacher import load_teacher
+from tfdeploy.stages.teacher import Distillation, default, load_teacher
 from tfdeploy.traits import StageResult, Traits
 from tfdeploy.training import FitConfig
 
@@ -20,22 +20,19 @@ from tfdeploy.training import FitConfig
 class Distill(Stage):
     # the model entering a first stage is the untrained checkpoint: no teacher
     previous_teacher_needs_earlier_stage = True
+
     @dataclasses.dataclass(kw_only=True)
-    class Config(StageConfig, FitConfig):
+    class Config(StageConfig, FitConfig, Distillation):
         """Knowledge distillation into a smaller student. Fit fields as in train."""
 
-        teacher: str = field("previous", doc="'previous': the model from the stage before; "
-                                             "an earlier stage's name; or a stage "
-                                             "directory / .h5 file.")
         student_layers: Optional[List[int]] = field(
             None, doc="BERT: teacher encoder layers that initialise the student, in order "
                       "(e.g. [0, 2, 4] for a 3-layer student).")
         student: Dict[str, Any] = field(factory=dict, doc="Model fields for a fresh student "
                                                           "(same type as the recipe's model) "
                                                           "when student_layers is not set.")
-        alpha: float = field(0.5, ge=0, le=1, doc="Weight of the label cross-entropy; "
-                                                  "1 - alpha weighs the distillation KL.")
-        temperature: float = field(2.0, gt=0, doc="Softmax temperature for the KL term.")
+        alpha: float = default("alpha", 0.5)
+        temperature: float = default("temperature", 2.0)
         hidden_weight: float = field(0.0, ge=0, doc="Weight of a hidden-state loss: MSE "
                                                     "between student layer j and teacher "
                                                     "layer (j+1)*T/S - 1 (and embeddings), "

@@ -14,12 +14,14 @@ from typing import Dict, List, Literal, Optional
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from tfdeploy.distillation import fit_maybe_distilled
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, main_weight, plan, sparsity_report
 from tfdeploy.stages import STAGES, Stage, own_copy, prune_scores, prune_xnnpack
 from tfdeploy.stages.prune_scores import CRITERIA
-from tfdeploy.training import FitConfig, fit, step_plan
+from tfdeploy.stages.teacher import Distillation, DistillingStage
+from tfdeploy.training import FitConfig, step_plan
 from tfdeploy.traits import StageResult
 
 
@@ -78,12 +80,12 @@ def make_schedule(cfg, begin, end, frequency, final=None):
 
 
 @STAGES.register("prune")
-class Prune(Stage):
+class Prune(DistillingStage, Stage):
     tpu_unsupported = ("TFMOT's pruning wrapper updates its masks with merge_call, which "
                        "TPUStrategy does not support inside a replica")
 
     @dataclasses.dataclass(kw_only=True)
-    class Config(StageConfig, FitConfig, ScheduleConfig, LayerSelection):
+    class Config(StageConfig, FitConfig, ScheduleConfig, LayerSelection, Distillation):
         """Pruning with fine-tuning. Fit fields (epochs, learning_rate, ...) as in train."""
 
         targets: Dict[str, float] = field(factory=dict, doc="Per-layer final sparsity: "
@@ -108,15 +110,10 @@ class Prune(Stage):
                          "overall sparsity reaches final_sparsity and the layers the loss "
                          "depends on more keep more weights.")
         learning_rate: float = field(3e-5, gt=0, doc="Peak learning rate.")
-        alpha: float = field(1.0, ge=0, le=1, doc="Weight of the label cross-entropy; 1 - "
-                                                  "alpha weighs a KL to the dense model "
-                                                  "entering the stage (distillation helps "
-                                                  "the pruned model recover).")
-        temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
-
         def check(self):
             yield from ScheduleConfig.check(self)
             yield from LayerSelection.check(self)
+            yield from Distillation.check(self)
             for pattern, value in self.targets.items():
                 if not 0 <= value < 1:
                     yield (("targets", pattern), f"{value} is not in [0, 1)")
@@ -246,15 +243,10 @@ class Prune(Stage):
                 prune_scores.install_train_step(pruned, pairs, cfg.criterion)
         callbacks = [tfmot.sparsity.keras.UpdatePruningStep()]
         # Never restore "best" weights from before the final sparsity was reached.
-        fit_cfg, extra = dataclasses.replace(cfg, keep_best=False), {}
-        if cfg.alpha < 1:  # the dense model teaches its pruned copy
-            from tfdeploy.distillation import fit_distilled, kl_first_last
-
-            history = fit_distilled(pruned, model, context, fit_cfg, callbacks,
+        fit_cfg = dataclasses.replace(cfg, keep_best=False)
+        # alpha < 1: by default the dense model entering the stage teaches its pruned copy
+        extra = fit_maybe_distilled(pruned, model, context, fit_cfg, "prune", callbacks,
                                     gradient_hook=hook)
-            extra = {"kl_to_teacher": kl_first_last(history)}
-        else:
-            fit(pruned, context, fit_cfg, callbacks)
         with context.strategy.scope():
             return tfmot.sparsity.keras.strip_pruning(pruned), extra
 

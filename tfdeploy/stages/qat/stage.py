@@ -5,6 +5,7 @@ from typing import List, Literal
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from tfdeploy.distillation import fit_maybe_distilled
 from tfdeploy.errors import StageError
 from tfdeploy.recipe.fields import StageConfig, field
 from tfdeploy.selection import LayerSelection, chosen, plan
@@ -16,11 +17,12 @@ from tfdeploy.stages.qat.graph import feeders, float_outputs
 from tfdeploy.stages.qat.ranges import calibrate_ranges
 from tfdeploy.stages.qat.scheme import SCHEMES, scheme_for
 from tfdeploy.stages.qat.structure import keras_structure, tflite_structure
-from tfdeploy.training import FitConfig, fit
+from tfdeploy.stages.teacher import Distillation, DistillingStage
+from tfdeploy.training import FitConfig
 from tfdeploy.traits import StageResult
 
 @STAGES.register("qat")
-class QAT(Stage):
+class QAT(DistillingStage, Stage):
     tpu_unsupported = ("TFMOT 0.8.1 supports quantization-aware training on CPU/GPU only (no TPU "
                        "support documented or tested)")
     # 1: pass-through layers after a clustered model's last ReLU got no output quantizer
@@ -28,9 +30,10 @@ class QAT(Stage):
     revision = 1
 
     @dataclasses.dataclass(kw_only=True)
-    class Config(StageConfig, FitConfig, LayerSelection):
+    class Config(StageConfig, FitConfig, LayerSelection, Distillation):
         """Quantization-aware fine-tuning. Fit fields (epochs, learning_rate, ...) as in
-        train."""
+        train; with alpha < 1 it also learns from a teacher (by default the float model
+        entering the stage: keeps the int8 model close to it)."""
 
         scheme: Literal[SCHEMES] = field(
             "auto", doc="auto: default 8-bit, or the prune/cluster/sparsity-and-cluster "
@@ -38,15 +41,6 @@ class QAT(Stage):
         learning_rate: float = field(2e-5, gt=0, doc="Peak learning rate.")
         min_weights: int = field(0, ge=0, doc="Skip layers whose main weight has fewer "
                                               "elements (default: quantize every matmul).")
-        alpha: float = field(1.0, ge=0, le=1, doc="Weight of the label cross-entropy; 1 - "
-                                                  "alpha weighs a KL to the float model "
-                                                  "entering the stage (self-distillation: "
-                                                  "keeps the int8 model close to it).")
-        temperature: float = field(1.0, gt=0, doc="Softmax temperature of that KL term.")
-        teacher: str = field("previous", doc="The model of that KL: 'previous' (the float "
-                                             "model entering the stage), an earlier stage's "
-                                             "name (e.g. finetune: the dense model before "
-                                             "pruning) or a saved stage directory.")
         ranges: Literal["ema", "calibrated"] = field(
             "ema", doc="Activation ranges at the start: ema = TFMOT's [-6, 6], moved 0.1% "
                        "per step toward each batch's; calibrated = measured first on training "
@@ -66,6 +60,10 @@ class QAT(Stage):
             factory=lambda: ["dense", "conv", "embedding"],
             doc="Kinds of layers quantized (embedding: int8 table, float output).")
 
+        def check(self):
+            yield from LayerSelection.check(self)
+            yield from Distillation.check(self)
+
     def preflight(self, model, context):
         name, _ = scheme_for(self.config.scheme, context.traits)
         float_out = float_outputs(model)
@@ -83,9 +81,6 @@ class QAT(Stage):
     def wrapped_layers(self, model, context):
         names = [l.name for l, ok, _ in plan(model, self.config) if ok]
         return names + sorted(feeders(model, names))  # feeders get an output quantizer
-
-    def teacher_spec(self):
-        return self.config.teacher if self.config.alpha < 1 else None
 
     def plain_model(self, model):
         from tfdeploy.stages.qat_float import float_model
@@ -140,15 +135,7 @@ class QAT(Stage):
                     keras.utils.custom_object_scope(context.plugin.custom_objects()):
                 report["calibrated_ranges"] = calibrate_ranges(quantized, model, context,
                                                                cfg.batch_size)
-        if cfg.alpha < 1:  # distillation, by default from the float model entering the stage
-            from tfdeploy.distillation import fit_distilled, kl_first_last
-            from tfdeploy.stages.teacher import load_teacher
-
-            teacher = load_teacher(cfg.teacher, model, context, "qat")
-            history = fit_distilled(quantized, teacher, context, cfg)
-            report["kl_to_teacher"] = kl_first_last(history)
-        else:
-            fit(quantized, context, cfg)
+        report.update(fit_maybe_distilled(quantized, model, context, cfg, "qat"))
         if scheme_name != "default":
             report.update(self.verify(scheme_name, before, tflite_structure(quantized, context),
                                       context.traits.clusters))
