@@ -84,7 +84,7 @@ def test_csv_and_jsonl_with_label_map(tmp_path):
     ("sentence\tlabel\ngood film\t1\nbad\tmaybe\n", "train.tsv:3: unknown label 'maybe'"),
     ("text\tlabel\ngood film\t1\n", "train.tsv:2: no column 'sentence'"),
     ("sentence\tlabel\n\t1\n", "train.tsv:2: empty or non-text 'sentence'"),
-    ("", "train.tsv: empty file"),
+    ("", "train.tsv: is empty"),
 ])
 def test_bad_rows_named(tmp_path, content, message):
     (tmp_path / "train.tsv").write_text(content)
