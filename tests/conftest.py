@@ -19,6 +19,19 @@ def sst2_dir():
     return path
 
 
+def fashion_arrays(prefix, count):
+    """The first ``count`` real Fashion-MNIST rows of ``prefix`` (train or t10k) as a user
+    keeps them: images [N, 28, 28, 1] in [0, 1] and int64 labels."""
+    import numpy as np
+
+    from tfdeploy.data.fashion_mnist import FashionMNIST, read_idx
+
+    folder = FashionMNIST(FashionMNIST.Config(type="fashion_mnist")).find()
+    x = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"))[:count]
+    y = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"))[:count]
+    return (x[..., None] / 255.0).astype(np.float32), y.astype(np.int64)
+
+
 def run_cli(*args, cwd=ROOT, timeout=600, env=None):
     """Run `python -m tfdeploy.run ...`; return the CompletedProcess."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfdeploy.data.fashion_mnist import FashionMNIST, read_idx
-
-from conftest import run_cli
+from conftest import fashion_arrays, run_cli
 
 FORMATS = "[savedmodel, tflite_fp32, tflite_int8, onnx_fp32, onnx_int8]"
 STAGES = ("[{type: train, steps: 50, batch_size: 64, learning_rate: 5.0e-4}, "
@@ -20,11 +18,26 @@ STAGES = ("[{type: train, steps: 50, batch_size: 64, learning_rate: 5.0e-4}, "
           "batch_size: 64, learning_rate: 1.0e-3}, "
           "{type: qat, steps: 60, batch_size: 64, learning_rate: 1.0e-4}]")
 
-CNN = """
+def trainer(body, inputs, name, epochs, rate, files=("train", "val")):
+    """A plain Keras 3 script: load the .npz rows, build the model (``body`` defines
+    ``model``), train it, print its validation accuracy and save ``<name>.keras``;
+    ``inputs``: what the model reads from one split ``d``."""
+    return f"""
 import sys, numpy as np, keras
 keras.utils.set_random_seed(0)
-train, val = np.load(sys.argv[1] + "/train.npz"), np.load(sys.argv[1] + "/val.npz")
+train, val = (np.load(sys.argv[1] + "/{files[0]}.npz"), np.load(sys.argv[1] + "/{files[1]}.npz"))
 L = keras.layers
+{body}
+model.compile(keras.optimizers.Adam({rate}), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+inputs = lambda d: {inputs}
+model.fit(inputs(train), train["labels"], epochs={epochs}, batch_size=64, verbose=0)
+print("accuracy", model.evaluate(inputs(val), val["labels"], verbose=0)[1])
+model.save(sys.argv[1] + "/{name}.keras")
+"""
+
+
+CNN = trainer("""
 image = keras.Input((28, 28, 1), name="image")
 x = L.Conv2D(16, 3, padding="same", use_bias=False)(image)
 x = L.BatchNormalization()(x)
@@ -37,36 +50,18 @@ x = L.MaxPooling2D()(x)
 x = L.Concatenate()([L.GlobalAveragePooling2D()(x), L.Flatten()(x)])
 x = L.Dense(64, activation="gelu")(x)
 model = keras.Model(image, L.Dense(10, activation="softmax")(x))
-model.compile(keras.optimizers.Adam(2e-3), "sparse_categorical_crossentropy",
-              metrics=["accuracy"])
-model.fit(train["images"], train["labels"], epochs=4, batch_size=64, verbose=0)
-print("accuracy", model.evaluate(val["images"], val["labels"], verbose=0)[1])
-model.save(sys.argv[1] + "/cnn.keras")
-"""
+""", 'd["images"]', "cnn", epochs=4, rate=2e-3)
 
-TWO_INPUTS = """
-import sys, numpy as np, keras
-keras.utils.set_random_seed(0)
-train, val = np.load(sys.argv[1] + "/train.npz"), np.load(sys.argv[1] + "/val.npz")
-L = keras.layers
+TWO_INPUTS = trainer("""
 top, bottom = keras.Input((14, 28, 1), name="top"), keras.Input((14, 28, 1), name="bottom")
 conv = L.Conv2D(16, 3, activation="relu")  # shared: one layer called on both halves
 x = L.Concatenate()([L.Flatten()(L.MaxPooling2D()(conv(top))),
                      L.Flatten()(L.MaxPooling2D()(conv(bottom)))])
 x = L.Dense(32, activation="relu")(x)
 model = keras.Model({"top": top, "bottom": bottom}, L.Dense(10, activation="softmax")(x))
-model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-halves = lambda d: {"top": d["upper"], "bottom": d["lower"]}
-model.fit(halves(train), train["labels"], epochs=2, batch_size=64, verbose=0)
-print("accuracy", model.evaluate(halves(val), val["labels"], verbose=0)[1])
-model.save(sys.argv[1] + "/two.keras")
-"""
+""", '{"top": d["upper"], "bottom": d["lower"]}', "two", epochs=2, rate=1e-3)
 
-TEXT = """
-import sys, numpy as np, keras
-keras.utils.set_random_seed(0)
-train, val = np.load(sys.argv[1] + "/sst2_train.npz"), np.load(sys.argv[1] + "/sst2_val.npz")
-L = keras.layers
+TEXT = trainer("""
 ids = keras.Input((32,), dtype="int32", name="ids")
 x = L.Embedding(int(sys.argv[2]), 32)(ids)
 attended = L.MultiHeadAttention(num_heads=2, key_dim=16)(x, x)
@@ -74,12 +69,7 @@ x = L.LayerNormalization()(L.Add()([x, attended]))
 x = L.GlobalAveragePooling1D()(x)
 x = L.Dense(32, activation="gelu")(x)
 model = keras.Model(ids, L.Dense(2, activation="softmax")(x))
-model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
-              metrics=["accuracy"])
-model.fit(train["ids"], train["labels"], epochs=2, batch_size=64, verbose=0)
-print("accuracy", model.evaluate(val["ids"], val["labels"], verbose=0)[1])
-model.save(sys.argv[1] + "/text.keras")
-"""
+""", 'd["ids"]', "text", epochs=2, rate=1e-3, files=("sst2_train", "sst2_val"))
 
 CUSTOM = """
 import sys, keras
@@ -124,14 +114,7 @@ def keras3(script, *args):
 def fashion(tmp_path_factory):
     """Real Fashion-MNIST rows as a user keeps them: .npz arrays, whole and in halves."""
     tmp = tmp_path_factory.mktemp("keras3")
-    folder = FashionMNIST(FashionMNIST.Config(type="fashion_mnist")).find()
-
-    def arrays(prefix, count):
-        x = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"))[:count]
-        y = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"))[:count]
-        return (x[..., None] / 255.0).astype(np.float32), y.astype(np.int64)
-
-    for name, (x, y) in (("train", arrays("train", 3000)), ("val", arrays("t10k", 500))):
+    for name, (x, y) in (("train", fashion_arrays("train", 3000)), ("val", fashion_arrays("t10k", 500))):
         np.savez(tmp / f"{name}.npz", images=x, labels=y, upper=x[:, :14], lower=x[:, 14:])
     return tmp
 

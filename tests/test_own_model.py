@@ -7,9 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tfdeploy.data.fashion_mnist import FashionMNIST, read_idx
-
-from conftest import run_cli
+from conftest import fashion_arrays, run_cli
 
 FORMATS = "[savedmodel, tflite_fp32, tflite_dynamic_int8, tflite_int8, onnx_fp32, onnx_int8]"
 
@@ -20,14 +18,7 @@ def user_files(tmp_path_factory):
     import tf_keras as keras
 
     tmp = tmp_path_factory.mktemp("own_model")
-    folder = FashionMNIST(FashionMNIST.Config(type="fashion_mnist")).find()
-
-    def arrays(prefix, count):
-        x = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"))[:count]
-        y = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"))[:count]
-        return (x[..., None] / 255.0).astype(np.float32), y.astype(np.int64)
-
-    (x, y), (vx, vy) = arrays("train", 3000), arrays("t10k", 500)
+    (x, y), (vx, vy) = fashion_arrays("train", 3000), fashion_arrays("t10k", 500)
     np.savez(tmp / "train.npz", images=x, labels=y)
     np.savez(tmp / "val.npz", images=vx, labels=vy)
     keras.utils.set_random_seed(0)

@@ -47,18 +47,24 @@ def stored_classes(path):
         with open(os.path.join(path, "keras_metadata.pb"), "rb") as f:
             text = f.read().decode("utf-8", "replace")
     else:
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                text = f.attrs.get("model_config")
-        except OSError as e:
-            raise CheckpointError(f"{path}: not a readable HDF5 file ({e})") from None
+        text = h5_attribute(path, "model_config", path)
         if text is None:
             raise CheckpointError(f"{path}: an HDF5 file without a model config (weights "
                                   f"only?)")
         text = text.decode() if isinstance(text, bytes) else text
     return set(re.findall(r'"class_name"\s*:\s*"([^"]+)"', text))
+
+
+def h5_attribute(path, name, where):
+    """The text of attribute ``name`` of an HDF5 file (None when it has none)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get(name)
+    except OSError as e:
+        raise CheckpointError(f"{where}: not a readable HDF5 file ({e})") from None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def holds_code(path):

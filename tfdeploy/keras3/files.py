@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import zipfile
 
+from tfdeploy import checkpoint
 from tfdeploy.errors import CheckpointError
 from tfdeploy.rundir import atomic_write_bytes
 
@@ -18,26 +19,24 @@ from tfdeploy.rundir import atomic_write_bytes
 def keras_version(path, where):
     """The major Keras version that wrote ``path`` (a ``.keras`` or ``.h5`` file)."""
     if path.endswith(".keras"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                metadata = json.loads(archive.read("metadata.json"))
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointError(f"{where}: not a readable .keras archive ({e})") from None
-        except KeyError:
-            raise CheckpointError(f"{where}: a .keras archive without metadata.json") from None
-        except (ValueError, UnicodeDecodeError):
-            raise CheckpointError(f"{where}: the archive's metadata.json is not JSON") from None
+        metadata = archive_json(path, "metadata.json", where)
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
     else:
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as f:
-                version = f.attrs.get("keras_version")
-        except OSError as e:
-            raise CheckpointError(f"{where}: not a readable HDF5 file ({e})") from None
-        version = version.decode() if isinstance(version, bytes) else version
+        version = checkpoint.h5_attribute(path, "keras_version", where)
     return int(str(version).split(".")[0]) if str(version)[:1].isdigit() else 2
+
+
+def archive_json(path, member, where):
+    """The JSON file ``member`` of the ``.keras`` archive ``path``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(member))
+    except KeyError:
+        raise CheckpointError(f"{where}: a .keras archive without {member}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{where}: not a readable .keras archive ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise CheckpointError(f"{where}: the archive's {member} is not JSON") from None
 
 
 def load(path, where, custom_objects, unsafe):
@@ -57,15 +56,7 @@ def load(path, where, custom_objects, unsafe):
 def stored_layers(path, where):
     """[(name, class name, module, registered name)] of every layer the archive's
     config.json describes, nested ones included; read as JSON, nothing built."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except KeyError:
-        raise CheckpointError(f"{where}: a .keras archive without config.json") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{where}: not a readable .keras archive ({e})") from None
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{where}: the archive's config.json is not JSON") from None
+    config = archive_json(path, "config.json", where)
     found, stack = [], [config]
     while stack:
         node = stack.pop()
