@@ -82,11 +82,10 @@ def deliver_one(name, job, context, stage_name, reference, gates, records):
               flush=True)
         records.pop()
         return searched(fmt, job, context, stage_name, reference, gates, records, problem)
-    if problem and name == "tflite_int8" and not job.traits.quantization_aware and \
-            job.recipe.export.int8_fallback == "on_gate":
+    retry = guarded(f"export {name}'s fallback", fmt.gate_fallback, job) if problem else None
+    if retry is not None:
         rec["gate"] = problem
-        print(f"  {problem}\n  retrying full int8 with sensitive ops in float", flush=True)
-        retry = guarded("export tflite_int8_fallback", int8_fallback, job)
+        print(f"  {problem}\n  {name} missed its gate: trying {retry.name}", flush=True)
         rec = evaluate_one(retry, context, stage_name, reference, job.traits)
         records.append(rec)
         problem = gates.check(rec, retry)
@@ -163,16 +162,6 @@ def gate(rec, artifact, recipe, baseline, traits):
     exact = artifact.is_float and not traits.quantization_aware
     problem = evaluate.check_float_parity(rec, ev.float_tolerance) if exact else None
     return problem or evaluate.check_gate(rec, baseline, ev.max_drop, ev.relative)
-
-
-def int8_fallback(job):
-    """Convert tflite_int8 again with sensitive ops in float; the new Artifact."""
-    from tfdeploy.export import tflite
-
-    path = os.path.join(job.folder, f"{job.recipe.name}.tflite_int8_fallback.tflite")
-    return export.Artifact("tflite_int8_fallback", tflite.export(
-        job.savedmodel(), "tflite_int8", path, job.representative(), False,
-        tflite.FALLBACK_FLOAT_OPS, tflite.per_tensor(job.recipe)))
 
 
 def benchmark(recipe, context, artifacts, records):

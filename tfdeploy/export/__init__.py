@@ -10,6 +10,8 @@ formats comes from this registry.
 import dataclasses
 import os
 
+from tfdeploy.export import runtime as runtimes
+
 _FORMATS = {}
 
 
@@ -56,6 +58,11 @@ class Format:
     def weight_sparsity(self, path):
         """Share of zeros in the matmul/conv weights stored in the file, or None (not
         measured for this format)."""
+        return None
+
+    def gate_fallback(self, job):
+        """Another :class:`Artifact` to try when this one missed its gate (written now),
+        or None: the format has no fallback (the default)."""
         return None
 
 
@@ -118,9 +125,10 @@ class Artifact:
 
     @property
     def runtime(self):
-        if os.path.isdir(self.path):
-            return "tf"
-        return "onnxruntime" if self.path.endswith(".onnx") else "litert"
+        """The name of the runtime that runs it: its format's, else the one that
+        recognizes the file."""
+        return _FORMATS[self.name].runtime if self.name in _FORMATS \
+            else runtimes.of_file(self.path).name
 
     @property
     def is_float(self):
@@ -132,38 +140,20 @@ class Artifact:
 
     def runner(self, threads=2):
         """Callable: dict of numpy inputs -> numpy outputs (logits)."""
-        return runner_for(self.path, threads)
+        return runtimes.get(self.runtime).runner(self.path, threads)
 
     def size(self):
         return dir_size(self.path) if os.path.isdir(self.path) else os.path.getsize(self.path)
 
 
 def runner_for(path, threads=2):
-    """Pick the runtime from the artifact itself: SavedModel dir, .tflite or .onnx."""
-    if os.path.isdir(path):
-        from tfdeploy.export import savedmodel
-        return savedmodel.runner(path)
-    if path.endswith(".tflite"):
-        from tfdeploy.export import tflite
-        return tflite.runner(path, threads)
-    if path.endswith(".onnx"):
-        from tfdeploy.export import onnx
-        return onnx.runner(path, threads)
-    raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
+    """A runner of the artifact at ``path``, by the runtime that recognizes it."""
+    return runtimes.of_file(path).runner(path, threads)
 
 
 def input_specs(path):
     """{input name: (shape with None for unknown dims, numpy dtype)} of an artifact."""
-    if os.path.isdir(path):
-        from tfdeploy.export import savedmodel
-        return savedmodel.input_specs(path)
-    if path.endswith(".tflite"):
-        from tfdeploy.export import tflite
-        return tflite.input_specs(path)
-    if path.endswith(".onnx"):
-        from tfdeploy.export import onnx
-        return onnx.input_specs(path)
-    raise ValueError(f"{path}: not a SavedModel directory, .tflite or .onnx file")
+    return runtimes.of_file(path).input_specs(path)
 
 
 def dir_size(path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfdeploy import objectives
 from tfdeploy.export import Format, register
+from tfdeploy.export.runtime import Runtime, register_runtime
 from tfdeploy.publish import next_version
 from tfdeploy.rundir import atomic_dir
 
@@ -114,3 +115,17 @@ def runner(path):
         return raw if raw.ndim == 2 else raw.reshape(-1, 1)
 
     return run
+
+
+@register_runtime
+class TensorFlow(Runtime):
+    name = "tf"
+
+    def recognizes(self, path):
+        return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+    def runner(self, path, threads=2):
+        return runner(path)
+
+    def input_specs(self, path):
+        return input_specs(path)

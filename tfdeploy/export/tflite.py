@@ -8,11 +8,13 @@ stores pruned ones sparse. The int8 variants stay dense: with LiteRT 2.3 their s
 FULLY_CONNECTED fails to prepare in XNNPACK, and the file came out larger (measured on a
 50%-pruned encoder); the zeros of a pruned int8 model still show in its gzip size.
 """
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from tfdeploy.export import Format, int4_kernels, register
+from tfdeploy.export import Artifact, Format, int4_kernels, register
+from tfdeploy.export.runtime import Runtime, register_runtime
 from tfdeploy.rundir import atomic_write_bytes
 
 
@@ -93,6 +95,16 @@ class Int8(TFLiteFormat):
         always = job.recipe.export.int8_fallback == "always"
         return export(job.savedmodel(), self.name, path, job.representative(), False,
                       FALLBACK_FLOAT_OPS if always else (), per_tensor(job.recipe))
+
+    def gate_fallback(self, job):
+        """After a missed gate (``int8_fallback: on_gate``, calibrated ranges only): the
+        file again with the sensitive ops in float, as ``tflite_int8_fallback``."""
+        if job.traits.quantization_aware or job.recipe.export.int8_fallback != "on_gate":
+            return None
+        path = os.path.join(job.folder, f"{job.recipe.name}.tflite_int8_fallback.tflite")
+        return Artifact("tflite_int8_fallback", export(
+            job.savedmodel(), self.name, path, job.representative(), False,
+            FALLBACK_FLOAT_OPS, per_tensor(job.recipe)))
 
 
 def per_tensor(recipe):
@@ -350,6 +362,24 @@ def runner(path, threads=2):
 
     run.interpreter = interp  # it owns the model bytes of a file loaded from memory
     return run
+
+
+@register_runtime
+class LiteRT(Runtime):
+    name = "litert"
+
+    def recognizes(self, path):
+        """A TFLite flatbuffer: the file identifier ``TFL3`` at bytes 4-8."""
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"TFL3"
+
+    def runner(self, path, threads=2):
+        return runner(path, threads)
+
+    def input_specs(self, path):
+        return input_specs(path)
 
 
 

@@ -16,7 +16,7 @@ import queue
 
 import numpy as np
 
-from tfdeploy.export import runner_for
+from tfdeploy.export import runtime as runtimes
 from tfdeploy.export.savedmodel import FEATURES, IDS
 from tfdeploy.objectives import OBJECTIVES, NumpyOps
 from tfdeploy.serve import bundle
@@ -80,7 +80,8 @@ class Servable:
         threads = threads or max(1, (os.cpu_count() or 1) // replicas)
         self._free = queue.Queue()
         for i in range(replicas):
-            self._free.put(make_replica(path, threads, devices[i] if devices else None))
+            self._free.put(make_replica(runtimes.get(self.runtime), path, threads,
+                                        devices[i] if devices else None))
         self.ragged = {name for name, (_, shape) in inputs.items()
                        if len(shape) > 1 and shape[1] is None}
         self.buckets = tuple(text.get("buckets") or ()) if text else ()
@@ -122,13 +123,13 @@ class Servable:
             self.run(rows)
 
 
-def make_replica(path, threads, device):
+def make_replica(runtime, path, threads, device):
     if device is None:
-        return runner_for(path, threads)
+        return runtime.runner(path, threads)
     import tensorflow as tf
 
     with tf.device(device):  # the SavedModel's variables and ops on this device
-        run = runner_for(path, threads)
+        run = runtime.runner(path, threads)
 
     def on_device(inputs):
         with tf.device(device):
