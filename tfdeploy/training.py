@@ -58,6 +58,11 @@ class FitConfig:
         periods = min(periods, total)
         return periods, math.ceil(total / periods)
 
+    def seen(self, traits):
+        """``traits`` after this fit: a refit trains on the selection rows too, so they no
+        longer measure the model fairly."""
+        return dataclasses.replace(traits, selection_seen=True) if self.refit else traits
+
 
 @keras.utils.register_keras_serializable(package="tfdeploy")
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -217,8 +222,6 @@ def fit(model, context, cfg: FitConfig, callbacks=(), compile_fn=None):
         periods = len(record.get("loss", [])) if best is None else best + 1
         record["refit"] = refit(model, context, cfg, start, max(1, periods), callbacks,
                                 compile_fn)
-        # the stage builds its traits from these: later choices know the rows were seen
-        context.traits = dataclasses.replace(context.traits, selection_seen=True)
     if context.is_chief:
         from tfdeploy.rundir import atomic_write_text
 

@@ -101,7 +101,8 @@ class Cluster(Stage):
 
     def planned_traits(self, entering):
         kept = entering if self.preserves(entering) else entering.trained_dense()
-        return dataclasses.replace(kept, clusters=self.config.number_of_clusters)
+        return self.config.seen(dataclasses.replace(kept,
+                                                    clusters=self.config.number_of_clusters))
 
     def preserves(self, entering):
         """Keep the zeros of a pruned model as their own cluster?"""

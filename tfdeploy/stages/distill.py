@@ -123,4 +123,4 @@ class Distill(Stage):
         return StageResult(student, self.planned_traits(context.traits), report)
 
     def planned_traits(self, entering):
-        return Traits(distilled=True)  # a new, dense, float student
+        return self.config.seen(Traits(distilled=True))  # a new, dense, float student

@@ -204,7 +204,8 @@ class Prune(DistillingStage, Stage):
     def planned_traits(self, entering):
         cfg = self.config
         planned = 1 - cfg.m_by_n[0] / cfg.m_by_n[1] if cfg.m_by_n else cfg.final_sparsity
-        return dataclasses.replace(entering, sparsity=planned, sparsity_pattern=self.pattern())
+        return cfg.seen(dataclasses.replace(entering, sparsity=planned,
+                                            sparsity_pattern=self.pattern()))
 
     def pattern(self):
         cfg = self.config

@@ -19,4 +19,4 @@ class Train(Stage):
         return StageResult(model, self.planned_traits(context.traits))
 
     def planned_traits(self, entering):
-        return entering.trained_dense()
+        return self.config.seen(entering.trained_dense())

@@ -143,7 +143,7 @@ class QAT(DistillingStage, Stage):
 
     def planned_traits(self, entering):
         name, _ = scheme_for(self.config.scheme, entering)
-        return dataclasses.replace(entering, quantization_aware=name)
+        return self.config.seen(dataclasses.replace(entering, quantization_aware=name))
 
     def verify(self, scheme, before, after, clusters=0):
         """The preserved structure must survive into the int8 weights; fail if not.
