@@ -21,12 +21,13 @@ class Context:
     validation: object      # EncodedSplit: reported on, never chooses anything
     selection: object       # EncodedSplit carved from train, or None: keep_best etc.
     run_dir: str
+    # A stage's own view (the pipeline hands each stage a copy with these set):
+    stage_name: str = ""
     stage_dir: str = ""
-    backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see pipeline)
+    backup_dir: str = ""    # BackupAndRestore dir; shared by all workers (see stage_runs)
+    traits: Traits = Traits()  # what earlier stages did to the model entering this one
     is_chief: bool = True
-    stage_started: float = 0.0
-    traits: Traits = Traits()
-    data_files: list = dataclasses.field(default_factory=list)  # what the data came from  # what earlier stages did to the model entering this one
+    data_files: list = dataclasses.field(default_factory=list)  # what the data came from
     stage_outputs: dict = dataclasses.field(default_factory=dict)  # teachers by stage name
     encode_train: object = None  # Split -> what train_dataset reads (with augmentation)
     _all_rows: object = None
@@ -83,11 +84,6 @@ class Context:
     def path(self, *parts):
         """A path in this stage's directory (workers other than the chief get a temp dir)."""
         return os.path.join(self.stage_dir, *parts)
-
-    @property
-    def stage_name(self):
-        """The running stage's name (its folder is ``<index>-<name>``)."""
-        return os.path.basename(self.stage_dir).split("-", 1)[-1]
 
     def predict(self, model, split=None):
         """Logits for every example of ``split`` (validation by default), in dataset order."""

@@ -4,6 +4,7 @@ import time
 import numpy as np
 
 from tfdeploy import objectives, progress
+from tfdeploy.traits import Traits
 
 
 def parity(logits, reference, objective=objectives.CLASSIFICATION):
@@ -28,9 +29,10 @@ def record(stage, artifact, runtime, logits, labels, seconds, reference=None,
     return out
 
 
-def evaluate_keras(model, context, stage):
+def evaluate_keras(model, context, stage, traits=Traits()):
     """The reported record (validation split), with the selection split's accuracy beside
-    it: the number checkpoints were chosen by."""
+    it: the number checkpoints were chosen by (``traits``: the model's, which say whether a
+    refit trained on those rows)."""
     start = time.perf_counter()
     logits = context.predict(model)
     objective = context.task.objective
@@ -41,7 +43,7 @@ def evaluate_keras(model, context, stage):
         chosen_on = context.predict(model, context.selection)
         rec["selection"] = {"examples": len(context.selection),
                             "metrics": objective.scores(chosen_on, context.selection.labels),
-                            "trained_on": context.traits.selection_seen}
+                            "trained_on": traits.selection_seen}
     return rec, logits
 
 

@@ -4,6 +4,7 @@ Each stage's output is keyed by a hash of its config and its input's hash. With
 ``--resume`` a finished stage whose hash is unchanged is loaded instead of rerun; the
 first changed or unfinished stage and everything after it run again.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -107,46 +108,48 @@ def run_stages(recipe, opts, context, stage_list, model, records):
     # Stage models later stages name as their teacher; only those stay in memory.
     teachers = {stage.teacher_spec() for _, stage in stage_list}
     reached_start = not opts.start_from
-    scopes, context.traits = [], Traits()
+    scopes, traits = [], Traits()
     for index, (cfg, stage) in enumerate(stage_list):
         digest = keys[index]
         reached_start = reached_start or cfg.name == opts.start_from
-        context.stage_dir = os.path.join(context.run_dir, f"{index}-{cfg.name}")
-        context.backup_dir = backup_dir(recipe, opts, context, digest)
+        # this stage's own view: its folder, backup and the traits of the model entering it
+        here = dataclasses.replace(
+            context, stage_name=cfg.name, traits=traits,
+            stage_dir=os.path.join(context.run_dir, f"{index}-{cfg.name}"),
+            backup_dir=backup_dir(recipe, opts, context, digest))
         scopes.extend(stage.load_scopes())
-        cached = find_stage_output(recipe, opts, context, cfg, digest, reached_start)
-        loaded = load_stage_output(cached, cfg, context, scopes) if cached else None
+        cached = find_stage_output(recipe, opts, here, cfg, digest, reached_start)
+        loaded = load_stage_output(cached, cfg, here, scopes) if cached else None
         if loaded is not None:
             print(f"stage {cfg.name}: unchanged, using {cached}", flush=True)
             model = loaded
             with open(os.path.join(cached, "eval.json")) as f:
                 records.append(json.load(f))
-            context.traits = Traits.from_dict(cache.stage_traits(cached))
-            if context.is_chief and cached != context.stage_dir:
-                atomic_write_json(context.path("cached.json"), {  # relative: the tree may move
-                    "from": os.path.relpath(cached, context.stage_dir), "hash": digest})
+            traits = Traits.from_dict(cache.stage_traits(cached))
+            if here.is_chief and cached != here.stage_dir:
+                atomic_write_json(here.path("cached.json"), {  # relative: the tree may move
+                    "from": os.path.relpath(cached, here.stage_dir), "hash": digest})
         else:
-            result = run_stage(stage, cfg, model, context, digest)
-            model, context.traits = result.model, result.traits
+            result, seconds = run_stage(stage, cfg, model, here, digest)
+            model, traits = result.model, result.traits
             with progress.heartbeat(f"stage {cfg.name}: evaluating"):
-                records.append(finish_stage(result, stage, cfg, context, digest))
+                records.append(finish_stage(result, stage, cfg, here, digest, seconds))
         if cfg.name in teachers:
             context.stage_outputs[cfg.name] = model
         if recipe.benchmark.stages == "all" and index < len(stage_list) - 1:
-            deliver_intermediate(recipe, context, model, cfg.name, records)
+            deliver_intermediate(recipe, context, model, traits, cfg.name, records)
     if not stage_list:
         rec, _ = evaluate.evaluate_keras(model, context, "input")
         records.append(rec)
-    return model, context.traits
+    return model, traits
 
 
-def deliver_intermediate(recipe, context, model, stage_name, records):
+def deliver_intermediate(recipe, context, model, traits, stage_name, records):
     """An earlier stage's artifacts (benchmark.stages: all), in ``artifacts/<stage>/``:
     exported, evaluated and timed for the report; their gates are recorded, not enforced
     (only the last stage's artifacts are gated and published)."""
     folder = os.path.join(context.run_dir, "artifacts", stage_name)
-    _, problems = deliver.deliver(recipe, context, model, context.traits, stage_name, records,
-                                  folder)
+    _, problems = deliver.deliver(recipe, context, model, traits, stage_name, records, folder)
     for problem in problems:
         print(f"  (not gated, an earlier stage) {problem}", flush=True)
 

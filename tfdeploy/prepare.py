@@ -85,14 +85,15 @@ def preflight(context, stage_list):
           f"{len(model.layers)} layers")
     print(f"strategy: {context.strategy_info['strategy']} "
           f"({context.strategy_info['replicas']} replica(s))")
-    context.traits = Traits()
+    traits = Traits()
     for cfg, stage in stage_list:
         print(f"stage {cfg.name} ({cfg.type}):")
-        for layer, action in stage.preflight(model, context):
+        here = dataclasses.replace(context, stage_name=cfg.name, traits=traits)
+        for layer, action in stage.preflight(model, here):
             print(f"  {layer:40s} {action}")
-        for layer, why in stage.wrap_problems(model, context):
+        for layer, why in stage.wrap_problems(model, here):
             print(f"  {layer:40s} cannot wrap: {why}")
-        context.traits = stage.planned_traits(context.traits)
+        traits = stage.planned_traits(traits)
     stages.check_wrappable(stage_list, model, context)
     export.check_formats(context.recipe.export.formats,
                          planned_exports(context.recipe, stage_list))

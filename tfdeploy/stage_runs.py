@@ -44,10 +44,10 @@ def find_stage_output(recipe, opts, context, cfg, digest, reached_start):
     return cached
 
 
-def finish_stage(result, stage, cfg, context, digest):
+def finish_stage(result, stage, cfg, context, digest, seconds):
     """Evaluate a stage's new model; the chief records it, writes its Keras 3 copy and
     marks the stage done."""
-    rec, _ = evaluate.evaluate_keras(result.model, context, cfg.name)
+    rec, _ = evaluate.evaluate_keras(result.model, context, cfg.name, result.traits)
     if result.report:
         rec["stage_report"] = result.report
     rec["traits"] = result.traits.to_dict()
@@ -64,7 +64,7 @@ def finish_stage(result, stage, cfg, context, digest):
         cache.mark_done(context.stage_dir, digest, {
             "name": cfg.name, "type": cfg.type, "config": to_dict(cfg),
             "traits": result.traits.to_dict(),
-            "seconds": round(time.time() - context.stage_started, 1)})
+            "seconds": round(seconds, 1)})
     return rec
 
 
@@ -78,6 +78,8 @@ def backup_dir(recipe, opts, context, digest):
 
 
 def run_stage(stage, cfg, model, context, digest):
+    """Run ``stage`` on ``model`` in its folder, its backup locked; the chief saves its
+    model. Returns (StageResult, seconds it took)."""
     stage_dir = context.stage_dir
     started = os.path.join(stage_dir, "started.json")
     if os.path.exists(started):
@@ -92,7 +94,7 @@ def run_stage(stage, cfg, model, context, digest):
     os.makedirs(stage_dir, exist_ok=True)
     atomic_write_json(started, {"hash": digest})
     print(f"stage {cfg.name} ({cfg.type}): running", flush=True)
-    context.stage_started = time.time()
+    started_at = time.time()
     try:
         with backup_lock(context):
             result = stage.run(model, context)
@@ -116,7 +118,7 @@ def run_stage(stage, cfg, model, context, digest):
     shutil.rmtree(context.backup_dir, ignore_errors=True)  # finished: nothing to resume
     if not context.is_chief:  # leave nothing: also .backups/ and the output dir, if empty
         remove_empty_dirs(os.path.dirname(context.backup_dir), levels=2)
-    return result
+    return result, time.time() - started_at
 
 
 @contextlib.contextmanager
