@@ -13,6 +13,11 @@ from tfdeploy.export.tflite import weight_stats
 from tfdeploy.rundir import atomic_write_bytes
 
 
+# Ops the converter quantizes to int16 but LiteRT has no int16 kernel for (a BERT's
+# LayerNorm variance): they stay float.
+FLOAT_OPS = ("SQUARED_DIFFERENCE",)
+
+
 @register
 class Int16x8(Format):
     name, runtime, suffix, order = "tflite_int16x8", "litert", ".tflite", 14
@@ -36,7 +41,12 @@ class Int16x8(Format):
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS]
-        atomic_write_bytes(path, converter.convert())
+        # The converter's own denylist is the quantization debugger's.
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=job.representative(),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(FLOAT_OPS)))
+        atomic_write_bytes(path, debugger.get_nondebug_quantized_model())
         return path
 
     def weight_sparsity(self, path):
