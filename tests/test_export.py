@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfdeploy import evaluate
-from tfdeploy.export import FORMATS, Artifact, litert, tflite
+from tfdeploy.export import FORMATS, Artifact, litert, tflite, tflite_rewrites
 from tfdeploy.models import checkpoints
 
 from conftest import ROOT, run_cli
@@ -194,7 +194,7 @@ def test_float_islands_move_int8_gelu_into_float_without_changing_outputs(small_
     lut = tflite._convert(saved, "tflite_int8", context.train.representative(10, 0), False)
     paths = {"lut": tmp_path / "lut.tflite", "float": tmp_path / "float.tflite"}
     paths["lut"].write_bytes(lut)
-    paths["float"].write_bytes(tflite.float_islands(lut))
+    paths["float"].write_bytes(tflite_rewrites.float_islands(lut))
     gelu_inputs, outputs = {}, {}
     for key, path in paths.items():
         interp = tflite.interpreter(str(path))
@@ -226,7 +226,7 @@ def test_int8_grid_weights_only_touches_weights_on_an_int8_grid(tmp_path):
     model.get_layer("grid").set_weights([on_grid, np.zeros(8, np.float32)])
     data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     path = tmp_path / "grid.tflite"
-    path.write_bytes(tflite.int8_grid_weights(data))
+    path.write_bytes(tflite_rewrites.int8_grid_weights(data))
     weights = {v.shape: str(v.dtype) for _, v in tflite.weight_tensors(str(path))}
     assert weights == {(8, 16): "int8", (4, 8): "float32"}
     x = rng.normal(size=(1, 16)).astype(np.float32)

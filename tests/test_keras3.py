@@ -25,7 +25,8 @@ def trainer(body, inputs, name, epochs, rate, files=("train", "val")):
     return f"""
 import sys, numpy as np, keras
 keras.utils.set_random_seed(0)
-train, val = (np.load(sys.argv[1] + "/{files[0]}.npz"), np.load(sys.argv[1] + "/{files[1]}.npz"))
+train = np.load(sys.argv[1] + "/{files[0]}.npz")
+val = np.load(sys.argv[1] + "/{files[1]}.npz")
 L = keras.layers
 {body}
 model.compile(keras.optimizers.Adam({rate}), "sparse_categorical_crossentropy",

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tfdeploy.export import litert
+from tfdeploy.export import litert, tflite_rewrites
 
 from conftest import ROOT, run_cli
 
@@ -45,7 +45,7 @@ def run_tflite(data, ids):
 
 def test_gather_becomes_embedding_lookup_with_the_same_rows(tmp_path):
     data = gather_model(tmp_path).read_bytes()
-    rewritten = litert.gathers_as_lookups(data)
+    rewritten = tflite_rewrites.gathers_as_lookups(data)
     ops = [op for _, op, _ in litert.op_outputs(rewritten)]
     assert "GATHER" not in ops and "EMBEDDING_LOOKUP" in ops
     ids = np.array([[1, 7, 199], [0, 3, 3]], np.int32)
@@ -72,7 +72,7 @@ class FakeJob:
 
 
 def test_blockwise_rule_falls_back_to_per_channel_where_blocks_do_not_fit(tmp_path):
-    data = litert.gathers_as_lookups(gather_model(tmp_path, width=24).read_bytes())
+    data = tflite_rewrites.gathers_as_lookups(gather_model(tmp_path, width=24).read_bytes())
     job = FakeJob(data)
     recipe = litert.Int4().mixed_recipe(job, {})
     (layer, op), = litert.Int4().layers(job)

@@ -93,11 +93,11 @@ class ExportJob:
     def tflite_lookups(self):
         """Bytes of the float TFLite file with embedding GATHERs as EMBEDDING_LOOKUPs: what
         the LiteRT Quantizer formats quantize."""
-        from tfdeploy.export import litert
+        from tfdeploy.export.tflite_rewrites import gathers_as_lookups
 
         def make():
             with open(self.tflite_fp32(), "rb") as f:
-                return litert.gathers_as_lookups(f.read())
+                return gathers_as_lookups(f.read())
 
         return self.once("tflite_lookups", make)
 

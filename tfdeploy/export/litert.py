@@ -17,12 +17,11 @@ folds, fuses and calibrates in one pass); this engine makes what the converter c
   mixed-precision recipe an accuracy search saved.
 
 The converter writes embedding lookups as GATHER, which the quantizer's dynamic and
-weight-only modes do not quantize; :func:`gathers_as_lookups` rewrites a GATHER of a constant
-table into the EMBEDDING_LOOKUP op they do (exact: same rows, same shapes).
+weight-only modes do not quantize; they quantize the float file with each GATHER of a
+constant table rewritten as EMBEDDING_LOOKUP (``tflite_rewrites.gathers_as_lookups``:
+exact, same rows, same shapes).
 """
 import re
-
-import numpy as np
 
 from tfdeploy import files
 from tfdeploy.export import Format, int4_kernels, register
@@ -243,98 +242,6 @@ def op_outputs(data):
                             tuple(int(d) for d in weight.shape) if weight is not None and
                             weight.shape is not None else None))
     return out
-
-
-def gathers_as_lookups(data):
-    """Rewrite each GATHER of a constant 2-D float table (axis 0, int32 ids) as
-    EMBEDDING_LOOKUP, which takes 1-D ids: ids of another rank are flattened first and the
-    rows reshaped back to ``ids.shape + [width]``. Returns the new flatbuffer bytes."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    edit = _Editor(model, schema)
-    for graph in model.subgraphs:
-        ops = []
-        for node in graph.operators:
-            ops += edit.lookup(graph, node) if edit.is_table_gather(graph, node) else [node]
-        graph.operators = ops
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-class _Editor:
-    """Adds ops, tensors and constants to a flatbuffer model object."""
-
-    def __init__(self, model, schema):
-        self.model, self.s = model, schema
-
-    def kind(self, node):
-        code = self.model.operatorCodes[node.opcodeIndex]
-        return max(code.builtinCode, code.deprecatedBuiltinCode)
-
-    def is_table_gather(self, graph, node):
-        s = self.s
-        if self.kind(node) != s.BuiltinOperator.GATHER or len(node.inputs) != 2:
-            return False
-        table, ids = graph.tensors[node.inputs[0]], graph.tensors[node.inputs[1]]
-        raw = self.model.buffers[table.buffer].data
-        options = node.builtinOptions
-        return table.type == s.TensorType.FLOAT32 and raw is not None and len(raw) > 0 and \
-            len(table.shape) == 2 and options.axis == 0 and options.batchDims == 0 and \
-            ids.type == s.TensorType.INT32
-
-    def lookup(self, graph, node):
-        s, B, T = self.s, self.s.BuiltinOperator, self.s.TensorType
-        table_i, ids_i, out_i = node.inputs[0], node.inputs[1], node.outputs[0]
-        ids = graph.tensors[ids_i]
-        rank = len(ids.shapeSignature if ids.shapeSignature is not None else ids.shape)
-        if rank == 1:
-            return [self.op(B.EMBEDDING_LOOKUP, [ids_i, table_i], [out_i])]
-        width = int(graph.tensors[table_i].shape[1])
-        name = graph.tensors[out_i].name
-        flat_shape = self.tensor(graph, name + b"/flat_shape", T.INT32, [1], [-1])
-        flat = self.tensor(graph, name + b"/ids", T.INT32, [-1])
-        rows = self.tensor(graph, name + b"/rows", T.FLOAT32, [-1, width])
-        ids_shape = self.tensor(graph, name + b"/ids_shape", T.INT32, [rank])
-        width_i = self.tensor(graph, name + b"/width", T.INT32, [1], [width])
-        out_shape = self.tensor(graph, name + b"/shape", T.INT32, [rank + 1])
-        shape_opts = s.ShapeOptionsT()
-        shape_opts.outType = T.INT32
-        concat_opts = s.ConcatenationOptionsT()
-        concat_opts.axis = 0
-        return [self.op(B.RESHAPE, [ids_i, flat_shape], [flat]),
-                self.op(B.EMBEDDING_LOOKUP, [flat, table_i], [rows]),
-                self.op(B.SHAPE, [ids_i], [ids_shape], s.BuiltinOptions.ShapeOptions, shape_opts),
-                self.op(B.CONCATENATION, [ids_shape, width_i], [out_shape],
-                        s.BuiltinOptions.ConcatenationOptions, concat_opts),
-                self.op(B.RESHAPE, [rows, out_shape], [out_i])]
-
-    def opcode(self, code):
-        for i, c in enumerate(self.model.operatorCodes):
-            if max(c.builtinCode, c.deprecatedBuiltinCode) == code:
-                return i
-        new = self.s.OperatorCodeT()
-        new.builtinCode, new.deprecatedBuiltinCode, new.version = code, min(code, 127), 1
-        self.model.operatorCodes.append(new)
-        return len(self.model.operatorCodes) - 1
-
-    def op(self, code, inputs, outputs, options_type=0, options=None):
-        new = self.s.OperatorT()
-        new.opcodeIndex, new.inputs, new.outputs = self.opcode(code), inputs, outputs
-        new.builtinOptionsType, new.builtinOptions = options_type, options
-        return new
-
-    def tensor(self, graph, name, dtype, shape, value=None):
-        new = self.s.TensorT()
-        new.name, new.type, new.buffer = name, dtype, 0  # buffer 0: no data
-        new.shape, new.shapeSignature = [max(d, 1) for d in shape], list(shape)
-        if value is not None:
-            buffer = self.s.BufferT()
-            buffer.data = np.asarray(value, np.int32).tobytes()
-            self.model.buffers.append(buffer)
-            new.buffer = len(self.model.buffers) - 1
-        graph.tensors.append(new)
-        return len(graph.tensors) - 1
 
 
 KIND_OPS = {"dense": "FULLY_CONNECTED", "embedding": "EMBEDDING_LOOKUP", "conv": "CONV_2D",

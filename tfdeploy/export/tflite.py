@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from tfdeploy.export import Artifact, Format, int4_kernels, register
 from tfdeploy.export.runtime import Runtime, register_runtime
+from tfdeploy.export.tflite_rewrites import (float_islands, int8_grid_weights,
+                                              shared_zero_points)
 from tfdeploy.rundir import atomic_write_bytes
 
 
@@ -147,34 +149,6 @@ def convert(saved_model_dir, variant, representative=None, sparse=False, per_ten
     return data
 
 
-def shared_zero_points(data):
-    """The same flatbuffer with each distinct int64 vector stored once. TFLite's schema
-    wants one int64 zero point per scale: per-channel int8 stores a vector of zeros the
-    length of every weight's and bias's output channels. Readers follow offsets, so tensors
-    can point at one shared vector (on a MobileNet-style CNN: 0.31x -> 0.28x the fp32
-    file; the values the interpreter reads are the same)."""
-    import flatbuffers
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    class SharingBuilder(flatbuffers.Builder):
-        def __init__(self, size):
-            super().__init__(size)
-            self.written = {}
-
-        def CreateNumpyVector(self, x):  # noqa: N802 — flatbuffers' name
-            if x.dtype != np.int64:
-                return super().CreateNumpyVector(x)
-            key = (len(x), x.tobytes())
-            if key not in self.written:
-                self.written[key] = super().CreateNumpyVector(x)
-            return self.written[key]
-
-    model = flatbuffer_utils.convert_bytearray_to_object(data)
-    builder = SharingBuilder(max(1024, len(data)))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 def _convert(saved_model_dir, variant, representative, sparse, per_tensor=False):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, ["serving_default"])
     optimizations = []
@@ -192,112 +166,6 @@ def _convert(saved_model_dir, variant, representative, sparse, per_tensor=False)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
-
-
-def int8_grid_weights(data):
-    """Store as int8 the float FULLY_CONNECTED weights that already lie on an int8 grid.
-
-    A QAT layer whose output is meant to stay float (V in attention, so probs x V is a float
-    matmul) has fake-quantized weights, but the converter folds them into float32: 4x the
-    bytes and a float matmul. Their values are exactly ``k * scale`` with ``|k| <= 127``, so
-    storing ``k`` as int8 with that scale loses nothing; TFLite runs the op as a hybrid FC
-    (int8 weights, activations quantized on the fly), as the dynamic-range variant does.
-    Weights off the grid (a layer QAT left alone) are kept as they are.
-    """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    fc = schema.BuiltinOperator.FULLY_CONNECTED
-    hybrid = None
-    for graph in model.subgraphs:
-        for op in graph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            if max(code.builtinCode, code.deprecatedBuiltinCode) != fc or len(op.inputs) < 2:
-                continue
-            x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
-            raw = model.buffers[w.buffer].data
-            if schema.TensorType.FLOAT32 != x.type or schema.TensorType.FLOAT32 != w.type \
-                    or raw is None or len(raw) == 0:
-                continue
-            values = np.frombuffer(bytes(raw), np.float32)
-            scale = float(np.abs(values).max()) / 127
-            steps = values / scale if scale > 0 else values
-            if scale == 0 or np.abs(steps - np.round(steps)).max() > 1e-3:
-                continue
-            model.buffers[w.buffer].data = np.round(steps).astype(np.int8).tobytes()
-            w.type = schema.TensorType.INT8
-            w.quantization = schema.QuantizationParametersT()
-            w.quantization.scale, w.quantization.zeroPoint = [scale], [0]
-            if hybrid is None:  # the op version the converter gives dynamic-range FCs
-                hybrid = schema.OperatorCodeT()
-                hybrid.builtinCode, hybrid.deprecatedBuiltinCode, hybrid.version = fc, fc, 12
-                model.operatorCodes.append(hybrid)
-            op.opcodeIndex = model.operatorCodes.index(hybrid)
-            op.builtinOptions.asymmetricQuantizeInputs = True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-# int8 ops that XNNPACK has no kernel for. TFLite then runs them itself (GELU: a 256-entry
-# lookup, one thread) and splits the delegated graph around each; in float they stay inside
-# XNNPACK. MiniLM, seq 128, 2 threads, one interleaved run against dynamic-range int8:
-# full int8 1.00x -> 0.97x at batch 1 (0.80x -> 0.77x at 8), QAT 1.00x -> 0.92x (0.88x ->
-# 0.80x).
-XNNPACK_FLOAT_ONLY = ("GELU",)
-
-
-def float_islands(data, ops=XNNPACK_FLOAT_ONLY):
-    """Run each int8 op of type ``ops`` in float: DEQUANTIZE -> op -> QUANTIZE, same
-    quantization of its input and output. GELU of a dequantized int8 value, quantized
-    again, is exactly what the int8 lookup table holds, up to rounding."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    builtin = {getattr(schema.BuiltinOperator, name) for name in ops}
-
-    def opcode(code, version=1):
-        for i, c in enumerate(model.operatorCodes):
-            if max(c.builtinCode, c.deprecatedBuiltinCode) == code and c.version == version:
-                return i
-        new = schema.OperatorCodeT()
-        new.builtinCode, new.version = code, version
-        new.deprecatedBuiltinCode = min(code, 127)  # the schema's 8-bit field
-        model.operatorCodes.append(new)
-        return len(model.operatorCodes) - 1
-
-    def float_copy(graph, index):
-        src, new = graph.tensors[index], schema.TensorT()
-        new.shape, new.shapeSignature = src.shape, src.shapeSignature
-        new.type, new.buffer = schema.TensorType.FLOAT32, 0  # buffer 0: no data
-        new.name = (src.name or b"t") + b"/float"
-        graph.tensors.append(new)
-        return len(graph.tensors) - 1
-
-    def op(code, inputs, outputs):
-        new = schema.OperatorT()
-        new.opcodeIndex, new.inputs, new.outputs = opcode(code), inputs, outputs
-        return new
-
-    int8 = schema.TensorType.INT8
-    for graph in model.subgraphs:
-        rewritten = []
-        for node in graph.operators:
-            code = model.operatorCodes[node.opcodeIndex]
-            kind = max(code.builtinCode, code.deprecatedBuiltinCode)
-            if kind not in builtin or len(node.inputs) != 1 or \
-                    graph.tensors[node.inputs[0]].type != int8 or \
-                    graph.tensors[node.outputs[0]].type != int8:
-                rewritten.append(node)
-                continue
-            x, y = node.inputs[0], node.outputs[0]
-            xf, yf = float_copy(graph, x), float_copy(graph, y)
-            node.inputs, node.outputs = [xf], [yf]
-            node.opcodeIndex = opcode(kind)
-            rewritten += [op(schema.BuiltinOperator.DEQUANTIZE, [x], [xf]), node,
-                          op(schema.BuiltinOperator.QUANTIZE, [yf], [y])]
-        graph.operators = rewritten
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def export(saved_model_dir, variant, path, representative=None, sparse=False, float_ops=(),
@@ -380,7 +248,6 @@ class LiteRT(Runtime):
 
     def input_specs(self, path):
         return input_specs(path)
-
 
 
 def weight_stats(path):
