@@ -115,7 +115,8 @@ def keras3(script, *args):
 def fashion(tmp_path_factory):
     """Real Fashion-MNIST rows as a user keeps them: .npz arrays, whole and in halves."""
     tmp = tmp_path_factory.mktemp("keras3")
-    for name, (x, y) in (("train", fashion_arrays("train", 3000)), ("val", fashion_arrays("t10k", 500))):
+    for name, (x, y) in (("train", fashion_arrays("train", 3000)),
+                         ("val", fashion_arrays("t10k", 500))):
         np.savez(tmp / f"{name}.npz", images=x, labels=y, upper=x[:, :14], lower=x[:, 14:])
     return tmp
 
