@@ -83,7 +83,7 @@ class QAT(DistillingStage, Stage):
         return names + sorted(feeders(model, names))  # feeders get an output quantizer
 
     def plain_model(self, model):
-        from tfdeploy.stages.qat_float import float_model
+        from tfdeploy.stages.qat.float_model import float_model
 
         return float_model(model, self.load_scopes()[0])
 
