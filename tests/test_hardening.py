@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tfdeploy import cache, evaluate, pipeline, publish, stage_runs
+from tfdeploy.errors import TfdeployError
 from tfdeploy.recipe import load_recipe
 from tfdeploy.run import execute
 
@@ -387,7 +388,7 @@ def test_second_run_of_a_training_stage_is_refused_while_the_first_holds_it(fuzz
     os.makedirs(tmp_path / ".backups")
     with open(context.backup_dir + ".lock", "a") as other:  # the first run, training
         fcntl.flock(other, fcntl.LOCK_EX)
-        with pytest.raises(pipeline.TfdeployError, match="another run is training"):
+        with pytest.raises(TfdeployError, match="another run is training"):
             with stage_runs.backup_lock(context):
                 pass
     with stage_runs.backup_lock(context):  # free again

@@ -72,14 +72,13 @@ class Keras3Source:
             checkpoint.refuse_stored_code(config.path, where)
         self.where = where
         self.model = keras3_files.load(config.path, where, custom_objects, config.unsafe)
-        self.config, self.difference, self.rows = config, None, 0
+        self.config, self.num_labels, self.difference, self.rows = config, num_labels, None, 0
+        self._graph = None  # the exported SavedModel, made when first needed
         try:
             keras3.to_tf_keras(self.model, where)
-            self.refusal, self._graph = None, None
+            self.refusal = None
         except CheckpointError as e:
             self.refusal = str(e)
-            self._graph = graph_model.load(keras3_files.exported(self.model), where,
-                                           config.signature, config.output, num_labels)
 
     @property
     def trainable(self):
@@ -94,6 +93,10 @@ class Keras3Source:
 
     def build(self):
         if self.refusal:
+            if self._graph is None:
+                cfg = self.config
+                self._graph = graph_model.load(keras3_files.exported(self.model), self.where,
+                                               cfg.signature, cfg.output, self.num_labels)
             return self._graph
         return without_softmax(keras3.to_tf_keras(self.model, self.where))
 
