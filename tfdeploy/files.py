@@ -66,7 +66,7 @@ def read_json(path, what, error=DataError, limit=JSON_LIMIT):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"{what} {path}:{e.lineno}: not valid JSON ({e.msg}, column "
+        raise error(f"{what} {path}:{e.lineno}: not JSON ({e.msg}, column "
                     f"{e.colno})") from None
     except RecursionError:
         raise error(f"{what} {path}: JSON nested too deeply") from None
