@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdeploy.export import Format, register
-from tfdeploy.export.runtime import Runtime, register_runtime
+from tfdeploy.export.runtime import register_runtime, starts_with
 from tfdeploy.rundir import atomic_write_bytes
 
 _registered = False
@@ -318,19 +318,6 @@ def runner(path, threads=2):
     return run
 
 
-@register_runtime
-class OnnxRuntime(Runtime):
-    name = "onnxruntime"
-
-    def recognizes(self, path):
-        """An ONNX ModelProto: a protobuf whose first field is ir_version (tag 0x08)."""
-        if not os.path.isfile(path):
-            return False
-        with open(path, "rb") as f:
-            return f.read(1) == b"\x08"
-
-    def runner(self, path, threads=2):
-        return runner(path, threads)
-
-    def input_specs(self, path):
-        return input_specs(path)
+# an ONNX ModelProto: a protobuf whose first field is ir_version (tag 0x08)
+register_runtime("onnxruntime", lambda path: starts_with(path, 0, b"\x08"), runner,
+                 input_specs)

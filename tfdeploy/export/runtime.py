@@ -2,33 +2,25 @@
 opens it (``savedmodel``: TF, ``tflite``: LiteRT, ``onnx``: ONNX Runtime); a format names
 its runtime, and an artifact whose format is not known (a file handed to a bench script)
 asks every runtime whether the file is its own, by the file's content."""
+import dataclasses
+import os
+from typing import Callable
 
 _RUNTIMES = {}
 
 
+@dataclasses.dataclass(frozen=True)
 class Runtime:
-    """Opens artifacts of one kind. Subclasses set ``name`` and implement the methods."""
-
-    name = ""
-
-    def recognizes(self, path):
-        """Whether ``path`` is an artifact this runtime opens (read from the file)."""
-        raise NotImplementedError
-
-    def runner(self, path, threads=2):
-        """Callable: dict of numpy model inputs -> the model's raw outputs (numpy)."""
-        raise NotImplementedError
-
-    def input_specs(self, path):
-        """{input name: (shape, None for a free dim; numpy dtype)} of the artifact."""
-        raise NotImplementedError
+    name: str
+    recognizes: Callable    # path -> whether it is an artifact this runtime opens
+    runner: Callable        # (path, threads) -> callable: dict of numpy inputs -> outputs
+    input_specs: Callable   # path -> {input name: (shape, None for a free dim; dtype)}
 
 
-def register_runtime(cls):
-    if cls.name in _RUNTIMES:
-        raise ValueError(f"runtime {cls.name!r} registered twice")
-    _RUNTIMES[cls.name] = cls()
-    return cls
+def register_runtime(name, recognizes, runner, input_specs):
+    if name in _RUNTIMES:
+        raise ValueError(f"runtime {name!r} registered twice")
+    _RUNTIMES[name] = Runtime(name, recognizes, runner, input_specs)
 
 
 def get(name):
@@ -43,3 +35,11 @@ def of_file(path):
         if runtime.recognizes(path):
             return runtime
     raise ValueError(f"{path}: no runtime opens it (not a SavedModel, TFLite or ONNX file)")
+
+
+def starts_with(path, offset, magic):
+    """Whether the file at ``path`` holds ``magic`` at byte ``offset``."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(offset + len(magic))[offset:] == magic

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfdeploy import objectives
 from tfdeploy.export import Format, register
-from tfdeploy.export.runtime import Runtime, register_runtime
+from tfdeploy.export.runtime import register_runtime
 from tfdeploy.publish import next_version
 from tfdeploy.rundir import atomic_dir
 
@@ -117,15 +117,5 @@ def runner(path):
     return run
 
 
-@register_runtime
-class TensorFlow(Runtime):
-    name = "tf"
-
-    def recognizes(self, path):
-        return os.path.isfile(os.path.join(path, "saved_model.pb"))
-
-    def runner(self, path, threads=2):
-        return runner(path)
-
-    def input_specs(self, path):
-        return input_specs(path)
+register_runtime("tf", lambda path: os.path.isfile(os.path.join(path, "saved_model.pb")),
+                 lambda path, threads=2: runner(path), input_specs)

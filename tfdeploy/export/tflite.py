@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdeploy.export import Artifact, Format, int4_kernels, register
-from tfdeploy.export.runtime import Runtime, register_runtime
+from tfdeploy.export.runtime import register_runtime, starts_with
 from tfdeploy.export.tflite_rewrites import (float_islands, int8_grid_weights,
                                               shared_zero_points)
 from tfdeploy.rundir import atomic_write_bytes
@@ -232,22 +232,8 @@ def runner(path, threads=2):
     return run
 
 
-@register_runtime
-class LiteRT(Runtime):
-    name = "litert"
-
-    def recognizes(self, path):
-        """A TFLite flatbuffer: the file identifier ``TFL3`` at bytes 4-8."""
-        if not os.path.isfile(path):
-            return False
-        with open(path, "rb") as f:
-            return f.read(8)[4:8] == b"TFL3"
-
-    def runner(self, path, threads=2):
-        return runner(path, threads)
-
-    def input_specs(self, path):
-        return input_specs(path)
+# a TFLite flatbuffer: the file identifier TFL3 at bytes 4-8
+register_runtime("litert", lambda path: starts_with(path, 4, b"TFL3"), runner, input_specs)
 
 
 def weight_stats(path):
