@@ -41,7 +41,7 @@ class Int16x8(Format):
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS]
-        # The converter's own denylist is the quantization debugger's.
+        # The converter takes no list of ops to keep float; its quantization debugger does.
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=job.representative(),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
