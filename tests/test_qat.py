@@ -267,7 +267,7 @@ def test_a_finished_stage_that_does_not_load_back_runs_again(tmp_path, capsys):
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from tfdeploy import checkpoint, pipeline, stage_runs
+    from tfdeploy import checkpoint, stage_runs
     from tfdeploy.stages.qat import scheme as schemes, stage
     from tfdeploy.traits import Traits
 
